@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the project needs and is missing: Debian packages, the Kafka jars, the Python environment.
+# Idempotent and quick when everything is present; run by `make setup`, `make up` and `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(postgresql-15 mariadb-server mariadb-client redis-server rabbitmq-server nats-server clickhouse-server
+          default-jre-headless maven curl procps iproute2 wrk docker-compose)
+say() { printf 'setup: %s\n' "$*"; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  # No service starts on its own: the local stack starts its own copies on loopback.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+KAFKA_LIBS=.stack/lib/kafka
+POM=stack/kafka/pom.xml
+stamp="$KAFKA_LIBS/.pom.sha256"
+if [ ! -f "$stamp" ] || [ "$(sha256sum "$POM" | cut -d' ' -f1)" != "$(cat "$stamp")" ]; then
+  say "resolving the Kafka jars from Maven Central"
+  rm -rf "$KAFKA_LIBS" && mkdir -p "$KAFKA_LIBS"
+  mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$KAFKA_LIBS"
+  sha256sum "$POM" | cut -d' ' -f1 > "$stamp"
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+  say "installing uv with pip"
+  python3 -m pip install --quiet uv 2>/dev/null || python3 -m pip install --quiet --user --break-system-packages uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+uv sync --frozen --quiet

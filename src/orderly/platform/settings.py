@@ -1,0 +1,162 @@
+"""Typed settings: one model per resource, composed by each process's settings class.
+
+Every process reads ``ORDERLY_*`` environment variables (nested with ``__``, e.g. ``ORDERLY_POSTGRES__PORT``) over
+an optional TOML file (``ORDERLY_CONFIG``, default ``orderly.toml`` in the working directory) over the defaults.
+The defaults point at the local stack, so ``orderly stack up`` and the services agree without any configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LOOPBACK = "127.0.0.1"
+
+
+class PostgresSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=25432, ge=1, le=65535)
+    user: str = "postgres"
+    password: SecretStr = SecretStr("")
+    database: str = "orderly"
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=10, ge=1)
+
+    def dsn(self, database: str | None = None) -> str:
+        auth = quote(self.user)
+        if secret := self.password.get_secret_value():
+            auth += ":" + quote(secret)
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database or self.database}"
+
+
+class MySQLSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=23306, ge=1, le=65535)
+    user: str = "root"
+    password: SecretStr = SecretStr("")
+    database: str = "orderly"
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=10, ge=1)
+
+
+class RedisSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=26379, ge=1, le=65535)
+    db: int = Field(default=0, ge=0, le=15)
+    password: SecretStr = SecretStr("")
+    key_prefix: str = "orderly:"
+
+    def url(self) -> str:
+        secret = self.password.get_secret_value()
+        auth = f":{quote(secret)}@" if secret else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+
+
+class RabbitMQSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=15682, ge=1, le=65535)
+    management_port: int = Field(default=15683, ge=1, le=65535)
+    user: str = "guest"
+    password: SecretStr = SecretStr("guest")
+    vhost: str = "/"
+
+    def url(self) -> str:
+        secret = quote(self.password.get_secret_value())
+        return f"amqp://{quote(self.user)}:{secret}@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+
+
+class NatsSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=24222, ge=1, le=65535)
+    monitor_port: int = Field(default=28222, ge=1, le=65535)
+    stream_prefix: str = ""
+
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+
+class ClickHouseSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=29000, ge=1, le=65535)
+    http_port: int = Field(default=28123, ge=1, le=65535)
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    database: str = "orderly"
+
+
+class KafkaSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=29092, ge=1, le=65535)
+    controller_port: int = Field(default=29093, ge=1, le=65535)
+    topic_prefix: str = ""
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class HttpSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+def config_file() -> Path:
+    """The TOML file read under the environment: ``ORDERLY_CONFIG`` or ``./orderly.toml``."""
+    return Path(os.environ.get("ORDERLY_CONFIG", "orderly.toml"))
+
+
+class OrderlySettings(BaseSettings):
+    """Base of every process's settings: init arguments over env over the TOML file over defaults."""
+
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        env_prefix="ORDERLY_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, toml)
+
+    def with_overrides(self, **changes: Any) -> OrderlySettings:
+        """A copy with some fields replaced (used by command-line flags, which win over env and file)."""
+        return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+class InfraSettings(OrderlySettings):
+    """Every resource at once: what the local stack serves and what the test fixtures connect to."""
+
+    postgres: PostgresSettings = PostgresSettings()
+    mysql: MySQLSettings = MySQLSettings()
+    redis: RedisSettings = RedisSettings()
+    rabbitmq: RabbitMQSettings = RabbitMQSettings()
+    nats: NatsSettings = NatsSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    kafka: KafkaSettings = KafkaSettings()
