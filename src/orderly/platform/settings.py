@@ -66,6 +66,8 @@ class RabbitMQSettings(BaseModel):
     host: str = LOOPBACK
     port: int = Field(default=15682, ge=1, le=65535)
     management_port: int = Field(default=15683, ge=1, le=65535)
+    distribution_port: int = Field(default=15684, ge=1, le=65535)  # Erlang distribution (CLI tools use +1…+11)
+    epmd_port: int = Field(default=14369, ge=1, le=65535)
     user: str = "guest"
     password: SecretStr = SecretStr("guest")
     vhost: str = "/"

@@ -57,7 +57,15 @@ def ensure_service_user(root: Path) -> str | None:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -249,7 +257,7 @@ class Server(ABC):
             if not port_is_free(port):
                 raise self.fail(
                     f"{role} port {port} on {LOOPBACK} is taken by {port_owner(port)}",
-                    f"stop that process or choose another port (see `orderly stack status` for the settings)",
+                    "stop that process or choose another port (see `orderly stack status` for the settings)",
                 )
 
     def start(self) -> int:
@@ -290,7 +298,8 @@ class Server(ABC):
             ok = wait_until(ready_or_dead, timeout=self.ready_timeout)
         except ProcessDiedError:
             raise self.fail(
-                "the server exited during start-up", "read the log's last lines; `orderly stack reset` wipes its data"
+                "the server exited during start-up",
+                "read the log's last lines; `orderly stack reset` wipes its data",
             ) from None
         if not ok:
             raise self.fail(

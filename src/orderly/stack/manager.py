@@ -83,7 +83,7 @@ class Stack:
                 except StackError as error:
                     errors.append(error)
         if errors:
-            raise errors[0] if len(errors) == 1 else StackErrors(errors)
+            raise errors[0] if len(errors) == 1 else ManyStackError(errors)
         return results
 
     def down(self, names: Sequence[str] | None = None) -> list[str]:
@@ -114,7 +114,7 @@ class Stack:
                 shutil.rmtree(server.dir)
 
 
-class StackErrors(StackError):
+class ManyStackError(StackError):
     """Several servers failed at once: one line each."""
 
     def __init__(self, errors: list[StackError]) -> None:

@@ -8,7 +8,6 @@ import subprocess
 import uuid
 from functools import cache
 from pathlib import Path
-from typing import ClassVar
 
 from orderly.stack.base import Server, accepts_tcp, http_ok
 
@@ -19,9 +18,7 @@ UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NN
 
 @cache
 def debian_version(package: str) -> str:
-    done = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
     return done.stdout.strip() or "not installed"
 
 
@@ -54,7 +51,11 @@ class Postgres(Server):
              "--encoding=UTF8", "--locale=C.UTF-8"]
         )  # fmt: skip
         if done.returncode != 0:
-            raise self.fail("initdb failed", "read the log; `orderly stack reset` wipes a half-made cluster", output=done.stdout + done.stderr)
+            raise self.fail(
+                "initdb failed",
+                "read the log; `orderly stack reset` wipes a half-made cluster",
+                output=done.stdout + done.stderr,
+            )
 
     def command(self) -> list[str]:
         socket_dir = str(self.dir) if len(str(self.dir)) < UNIX_SOCKET_PATH_MAX else ""
@@ -66,7 +67,16 @@ class Postgres(Server):
 
     def is_ready(self) -> bool:
         done = subprocess.run(
-            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.main_port), "-U", self.settings.postgres.user],
+            [
+                "pg_isready",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.main_port),
+                "-U",
+                self.settings.postgres.user,
+            ],
             check=False,
         )
         return done.returncode == 0
@@ -95,11 +105,15 @@ class MariaDB(Server):
         if (self.data / "mysql").is_dir():
             return
         done = self.run_as_user(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--auth-root-authentication-method=normal",
-             "--skip-test-db"]
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}",
+             "--auth-root-authentication-method=normal", "--skip-test-db"]
         )  # fmt: skip
         if done.returncode != 0:
-            raise self.fail("mariadb-install-db failed", "read the log; `orderly stack reset` wipes a half-made datadir", output=done.stdout + done.stderr)
+            raise self.fail(
+                "mariadb-install-db failed",
+                "read the log; `orderly stack reset` wipes a half-made datadir",
+                output=done.stdout + done.stderr,
+            )
 
     def command(self) -> list[str]:
         return [
@@ -192,7 +206,7 @@ class ClickHouse(Server):
         return self.dir / "log" / "clickhouse-server.log"
 
     def prepare(self) -> None:
-        folders = ("data", "tmp", "user_files", "format_schemas", "log")
+        folders = ("data", "scratch", "user_files", "format_schemas", "log")
         self.mkdir(*(self.dir / sub for sub in folders))
         d = self.dir
         (d / "config.xml").write_text(f"""<?xml version="1.0"?>
@@ -207,7 +221,7 @@ class ClickHouse(Server):
     <uncompressed_cache_size>268435456</uncompressed_cache_size>
     <mark_cache_size>268435456</mark_cache_size>
     <path>{d}/data/</path>
-    <tmp_path>{d}/tmp/</tmp_path>
+    <tmp_path>{d}/scratch/</tmp_path>
     <user_files_path>{d}/user_files/</user_files_path>
     <format_schema_path>{d}/format_schemas/</format_schema_path>
     <users_config>{d}/users.xml</users_config>
@@ -241,17 +255,15 @@ class RabbitMQ(Server):
     package = "rabbitmq-server"
     binaries = (str(RABBITMQ_BIN / "rabbitmq-server"), "epmd")
     ready_timeout = 120.0
-    dist_port_offset = 2  # Erlang distribution: management port + 1
-    epmd_port: ClassVar[int] = 14369
 
     @property
     def ports(self) -> dict[str, int]:
-        amqp = self.settings.rabbitmq.port
+        cfg = self.settings.rabbitmq
         return {
-            "amqp": amqp,
-            "management": self.settings.rabbitmq.management_port,
-            "distribution": amqp + self.dist_port_offset,
-            "epmd": self.epmd_port,
+            "amqp": cfg.port,
+            "management": cfg.management_port,
+            "distribution": cfg.distribution_port,
+            "epmd": cfg.epmd_port,
         }
 
     @property
@@ -305,8 +317,9 @@ class RabbitMQ(Server):
 
     def after_stop(self) -> None:
         # epmd outlives the node it served; stop it too, or its port stays taken.
-        if accepts_tcp(self.epmd_port):
-            self.run_as_user(["epmd", "-port", str(self.epmd_port), "-kill"])
+        epmd = self.ports["epmd"]
+        if accepts_tcp(epmd):
+            self.run_as_user(["epmd", "-port", str(epmd), "-kill"])
 
     def version(self) -> str:
         return debian_version(self.package)
@@ -350,7 +363,8 @@ class Kafka(Server):
         heap = self.ctx.kafka_heap_mb
         return [
             "java", f"-Xms{min(heap, 256)}m", f"-Xmx{heap}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true", f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.dir / 'logs'}", "-cp", f"{self.libs}/*", main, *args,
         ]  # fmt: skip
 
@@ -396,7 +410,11 @@ class Kafka(Server):
                 self.java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props))
             )
             if done.returncode != 0:
-                raise self.fail("storage format failed", "read the log; `orderly stack reset` wipes the data", output=done.stdout + done.stderr)
+                raise self.fail(
+                    "storage format failed",
+                    "read the log; `orderly stack reset` wipes the data",
+                    output=done.stdout + done.stderr,
+                )
         self.chown(self.dir / "server.properties")
 
     def command(self) -> list[str]:
@@ -410,7 +428,7 @@ class Kafka(Server):
         admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap_servers, "log_level": 0})
         try:
             metadata = admin.list_topics(timeout=2)
-        except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+        except Exception:
             return False
         return bool(metadata.brokers)
 

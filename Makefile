@@ -1,0 +1,37 @@
+# The two commands: `make up` runs the system, `make test` runs every test. Both set up what is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.local/bin:$(PATH)
+UV := uv
+RUN := $(UV) run --frozen
+
+.PHONY: help setup up down status test lint fmt unit integration e2e
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: ## install what is missing: Debian packages, Kafka jars (Maven), the Python environment (uv)
+	@bash scripts/setup.sh
+
+up: setup ## start the local stack and every service; Ctrl-C stops them
+	$(RUN) orderly up
+
+down: setup ## stop every server of the local stack
+	$(RUN) orderly stack down
+
+status: setup ## the local stack's servers, versions, ports and readiness
+	$(RUN) orderly stack status
+
+test: setup ## lint, start the stack when needed, run every test against the real servers
+	$(RUN) orderly stack up
+	$(MAKE) --no-print-directory lint
+	$(RUN) pytest
+
+lint: ## ruff (lint + format check) and mypy --strict
+	$(RUN) ruff check src tests bench
+	$(RUN) ruff format --check src tests bench
+	$(RUN) mypy
+
+fmt: ## format and auto-fix
+	$(RUN) ruff format src tests bench
+	$(RUN) ruff check --fix src tests bench

@@ -1,0 +1,179 @@
+"""The HTTP app factory every service uses: health, readiness, metrics, uniform JSON errors, and the server.
+
+Errors always have the shape ``{"error": <code>, "message": <text>, "fields": [{"field", "message"}]}`` unless a
+service's contract says otherwise; validation errors name every bad field. No traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orderly.platform.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[Request], Awaitable[bool]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Mapping[str, Any]]]
+
+REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["service", "route", "status"])
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+def error_body(error: str, message: str, fields: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    return {"error": error, "message": message, "fields": list(fields)}
+
+
+def error_response(
+    status: int,
+    error: str,
+    message: str,
+    *,
+    fields: Sequence[Mapping[str, str]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(error, message, fields), status_code=status, headers=dict(headers or {}))
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    # ("query", "n", 3) -> "n[3]"; ("body", "items", 0, "sku") -> "items[0].sku"; the source part says little.
+    parts = [p for p in loc if p not in ("query", "body", "path", "header")]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = [{"field": _field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
+    names = ", ".join(dict.fromkeys(f["field"] for f in fields))
+    return error_response(400, "invalid_request", f"invalid {names}", fields=fields)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path, "error_type": type(exc).__name__})
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+class MetricsMiddleware:
+    """Counts and times requests per route template; a plain ASGI middleware to keep the hot path cheap."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(self.service, route, str(status)).inc()
+            LATENCY.labels(self.service, route).observe(time.perf_counter() - started)
+
+
+def create_app(
+    *,
+    service: str,
+    lifespan: Lifespan,
+    routers: Sequence[APIRouter],
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    description: str = "",
+    exception_handlers: Mapping[type[Exception], Callable[[Request, Any], Awaitable[Response]]] | None = None,
+) -> FastAPI:
+    """Build a service's FastAPI app: its routers plus /healthz, /readyz and /metrics, and the error mapping."""
+    app = FastAPI(title=f"orderly {service}", description=description, lifespan=lifespan)
+    checks = dict(readiness or {})
+
+    @app.get("/healthz", tags=["platform"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["platform"], summary="Every dependency answers")
+    async def readyz(request: Request) -> JSONResponse:
+        results: dict[str, bool] = {}
+        for name, check in checks.items():
+            try:
+                results[name] = await check(request)
+            except Exception:
+                results[name] = False
+        ready = all(results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_type, handler in (exception_handlers or {}).items():
+        app.add_exception_handler(exc_type, handler)
+    app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(MetricsMiddleware, service=service)
+    return app
+
+
+def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:
+    """Serve an app factory (``"module:function"``) with granian on uvloop; blocks until a signal stops it.
+
+    Worker processes build their own app from the environment, so command-line flags reach them as ``ORDERLY_*``
+    variables set before this call.
+    """
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        target=factory,
+        factory=True,
+        address=http.host,
+        port=http.port,
+        interface=Interfaces.ASGI,
+        workers=http.workers,
+        loop=Loops.uvloop,
+        log_enabled=False,
+        backlog=2048,
+        process_name=process_name,
+        respawn_failed_workers=True,
+        workers_kill_timeout=10,
+    ).serve()
+
+
+def export_to_environment(prefix: str, values: Mapping[str, object | None]) -> None:
+    """Hand command-line values to worker processes as environment variables (flags win over env and file)."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"{prefix}{key.upper()}"] = str(value)

@@ -1,0 +1,83 @@
+"""Process lifecycle: signals become a stop event, work drains within a deadline, resources close in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvloop
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_SECONDS = 10.0
+
+
+class Shutdown:
+    """A stop request shared by a process's loops: set by SIGTERM/SIGINT, awaited or polled by the work."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason = ""
+
+    def request(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            log.info("shutdown requested", extra={"reason": reason})
+            self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless a stop comes first; returns True when the process should stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+        return self._event.is_set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request, sig.name)
+
+
+async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline: float) -> None:
+    """Run ``main`` until it returns; after a stop request give it ``deadline`` seconds to finish, then cancel it."""
+    task = asyncio.create_task(main)
+    stop = asyncio.create_task(shutdown.wait())
+    try:
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
+            except TimeoutError:
+                log.warning("drain deadline passed, cancelling in-flight work", extra={"deadline_s": deadline})
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        else:
+            await task
+    finally:
+        stop.cancel()
+
+
+def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
+    """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop."""
+
+    async def runner() -> None:
+        shutdown = Shutdown()
+        shutdown.install_signal_handlers()
+
+        async def body() -> None:
+            await main(shutdown)
+
+        await drain(body(), shutdown, deadline=drain_seconds)
+
+    uvloop.run(runner())

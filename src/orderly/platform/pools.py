@@ -1,0 +1,103 @@
+"""Connection factories, each an async context manager that closes what it opened.
+
+Only composition roots and test fixtures call these; services receive the opened resources as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+import asyncmy
+import asyncpg
+import nats
+import redis.asyncio as aioredis
+from clickhouse_driver import Client as ClickHouseClient
+from nats.aio.client import Client as NatsClient
+
+from orderly.platform.settings import (
+    ClickHouseSettings,
+    KafkaSettings,
+    MySQLSettings,
+    NatsSettings,
+    PostgresSettings,
+    RabbitMQSettings,
+    RedisSettings,
+)
+
+
+@asynccontextmanager
+async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.dsn(), min_size=settings.pool_min, max_size=settings.pool_max, **kwargs)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def mysql_pool(settings: MySQLSettings, **kwargs: Any) -> AsyncIterator[Any]:
+    pool = await asyncmy.create_pool(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        password=settings.password.get_secret_value(),
+        db=settings.database,
+        minsize=settings.pool_min,
+        maxsize=settings.pool_max,
+        autocommit=False,
+        **kwargs,
+    )
+    try:
+        yield pool
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+@asynccontextmanager
+async def redis_client(settings: RedisSettings, **kwargs: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.url(), **kwargs)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def rabbitmq_connection(
+    settings: RabbitMQSettings, **kwargs: Any
+) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(settings.url(), **kwargs)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def nats_connection(settings: NatsSettings, **kwargs: Any) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(settings.url(), **kwargs)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+def clickhouse_client(settings: ClickHouseSettings, *, database: str | None = None) -> ClickHouseClient:
+    """A native-protocol client (blocking; call it through ``asyncio.to_thread``). Connects lazily."""
+    return ClickHouseClient(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        password=settings.password.get_secret_value(),
+        database=database or settings.database,
+        settings={"use_numpy": False},
+    )
+
+
+def kafka_config(settings: KafkaSettings, **overrides: Any) -> Mapping[str, Any]:
+    """The librdkafka configuration shared by producers, consumers and admin clients."""
+    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": "orderly", **overrides}

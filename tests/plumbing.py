@@ -1,0 +1,254 @@
+"""Test plumbing: the local stack is up, and every test run gets namespaces of its own on every server.
+
+A run's namespaces are named after a short random run id: PostgreSQL and MariaDB databases ``t_<run>...``, a Redis
+key prefix ``t:<run>:``, a RabbitMQ vhost, NATS stream names, a ClickHouse database and Kafka topic names with that
+prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`` keeps it for a post-mortem).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncmy
+import asyncpg
+import httpx
+import nats
+import redis.asyncio as aioredis
+from confluent_kafka.admin import AdminClient
+
+from orderly.platform.pools import clickhouse_client, kafka_config
+from orderly.platform.settings import InfraSettings
+
+
+def ensure_stack_up() -> None:
+    """Start the local stack (or reuse it) through the same command a person would use."""
+    done = subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the local stack did not come up:\n{done.stdout}\n{done.stderr}")
+
+
+@dataclass
+class Namespace:
+    """One test run's corner of every server; ``settings`` points every client at it."""
+
+    base: InfraSettings
+    run: str = field(default_factory=lambda: secrets.token_hex(3))
+    pg_databases: list[str] = field(default_factory=list)
+    mysql_databases: list[str] = field(default_factory=list)
+    vhosts: list[str] = field(default_factory=list)
+    ch_databases: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"t_{self.run}"
+
+    async def settings(self, name: str = "main") -> InfraSettings:
+        """Settings whose every resource is fresh and private to this run (one set per ``name``)."""
+        tag = f"{self.prefix}_{name}"
+        await self._create_pg(tag)
+        await self._create_mysql(tag)
+        await self._create_vhost(tag)
+        await self._create_clickhouse(tag)
+        b = self.base
+        return InfraSettings(
+            postgres=b.postgres.model_copy(update={"database": tag}),
+            mysql=b.mysql.model_copy(update={"database": tag}),
+            redis=b.redis.model_copy(update={"key_prefix": f"t:{self.run}:{name}:"}),
+            rabbitmq=b.rabbitmq.model_copy(update={"vhost": tag}),
+            nats=b.nats.model_copy(update={"stream_prefix": f"T{self.run}_{name}_"}),
+            clickhouse=b.clickhouse.model_copy(update={"database": tag}),
+            kafka=b.kafka.model_copy(update={"topic_prefix": f"t.{self.run}.{name}."}),
+        )
+
+    async def _create_pg(self, database: str) -> None:
+        conn = await asyncpg.connect(self.base.postgres.dsn("postgres"))
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+        self.pg_databases.append(database)
+
+    async def _mysql_admin(self) -> Any:
+        m = self.base.mysql
+        return await asyncmy.connect(host=m.host, port=m.port, user=m.user, password=m.password.get_secret_value())
+
+    async def _create_mysql(self, database: str) -> None:
+        conn = await self._mysql_admin()
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        self.mysql_databases.append(database)
+
+    def _management(self) -> httpx.AsyncClient:
+        r = self.base.rabbitmq
+        return httpx.AsyncClient(
+            base_url=f"http://{r.host}:{r.management_port}/api",
+            auth=(r.user, r.password.get_secret_value()),
+            timeout=30,
+        )
+
+    async def _create_vhost(self, vhost: str) -> None:
+        async with self._management() as api:
+            (await api.put(f"/vhosts/{vhost}")).raise_for_status()
+            grant = {"configure": ".*", "write": ".*", "read": ".*"}
+            user = self.base.rabbitmq.user
+            (await api.put(f"/permissions/{vhost}/{user}", json=grant)).raise_for_status()
+        self.vhosts.append(vhost)
+
+    async def _create_clickhouse(self, database: str) -> None:
+        client = clickhouse_client(self.base.clickhouse, database="default")
+        try:
+            client.execute(f"CREATE DATABASE `{database}`")
+        finally:
+            client.disconnect()
+        self.ch_databases.append(database)
+
+    async def drop_all(self) -> None:
+        if os.environ.get("ORDERLY_TEST_KEEP") == "1":
+            return
+        await self._drop_sql_databases()
+        async with self._management() as api:
+            for vhost in self.vhosts:
+                await api.delete(f"/vhosts/{vhost}")
+        client = clickhouse_client(self.base.clickhouse, database="default")
+        try:
+            for database in self.ch_databases:
+                client.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        finally:
+            client.disconnect()
+        await self._drop_prefixed()
+
+    async def _drop_sql_databases(self) -> None:
+        conn = await asyncpg.connect(self.base.postgres.dsn("postgres"))
+        try:
+            for database in self.pg_databases:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        mysql = await self._mysql_admin()
+        try:
+            async with mysql.cursor() as cur:
+                for database in self.mysql_databases:
+                    await cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        finally:
+            mysql.close()
+
+    async def _drop_prefixed(self) -> None:
+        """Redis keys, NATS streams and Kafka topics carry the run's prefix."""
+        redis = aioredis.Redis.from_url(self.base.redis.url())
+        try:
+            async for key in redis.scan_iter(match=f"t:{self.run}:*", count=1000):
+                await redis.delete(key)
+        finally:
+            await redis.aclose()
+        nc = await nats.connect(self.base.nats.url())
+        try:
+            js = nc.jetstream()
+            for stream in await js.streams_info():
+                if stream.config.name and stream.config.name.startswith(f"T{self.run}_"):
+                    await js.delete_stream(stream.config.name)
+        finally:
+            await nc.close()
+        admin = AdminClient(dict(kafka_config(self.base.kafka)))
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"t.{self.run}.")]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ScratchStack:
+    """A second, private copy of some servers on free ports, for tests that stop, kill or break a server.
+
+    The shared stack is never disturbed: restart tests run against their own PostgreSQL, RabbitMQ, Kafka, ...
+    """
+
+    def __init__(self, name: str, servers: list[str]) -> None:
+        from pathlib import Path
+
+        self.servers = servers
+        self.root = Path(__file__).resolve().parent.parent / ".stack" / "scratch" / f"{name}-{secrets.token_hex(3)}"
+        p = free_port
+        self.env = {
+            "ORDERLY_STACK_DIR": str(self.root),
+            "ORDERLY_POSTGRES__PORT": str(p()),
+            "ORDERLY_MYSQL__PORT": str(p()),
+            "ORDERLY_REDIS__PORT": str(p()),
+            "ORDERLY_NATS__PORT": str(p()),
+            "ORDERLY_NATS__MONITOR_PORT": str(p()),
+            "ORDERLY_CLICKHOUSE__PORT": str(p()),
+            "ORDERLY_CLICKHOUSE__HTTP_PORT": str(p()),
+            "ORDERLY_RABBITMQ__PORT": str(p()),
+            "ORDERLY_RABBITMQ__MANAGEMENT_PORT": str(p()),
+            "ORDERLY_RABBITMQ__DISTRIBUTION_PORT": str(p()),
+            "ORDERLY_RABBITMQ__EPMD_PORT": str(p()),
+            "ORDERLY_KAFKA__PORT": str(p()),
+            "ORDERLY_KAFKA__CONTROLLER_PORT": str(p()),
+        }
+        # The scratch Kafka reuses the jars the shared stack resolved.
+        lib = self.root.parent.parent / "lib"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if lib.exists() and not (self.root / "lib").exists():
+            (self.root / "lib").symlink_to(lib)
+
+    @property
+    def settings(self) -> InfraSettings:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return InfraSettings()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "orderly", "stack", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"orderly stack {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def up(self, *servers: str) -> None:
+        self.cli("up", *(servers or self.servers))
+
+    def down(self, *servers: str) -> None:
+        self.cli("down", *(servers or self.servers))
+
+    def kill(self, server: str) -> None:
+        """kill -9 the server's main process, as a crash would."""
+        import signal
+
+        from orderly.stack.manager import Stack
+
+        [srv] = Stack(root=self.root, settings=self.settings).servers([server])
+        pid = srv.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        import shutil
+
+        self.cli("down", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
