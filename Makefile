@@ -35,3 +35,6 @@ lint: ## ruff (lint + format check) and mypy --strict
 fmt: ## format and auto-fix
 	$(RUN) ruff format src tests bench
 	$(RUN) ruff check --fix src tests bench
+
+# Each service adds its benchmark target (bench-<service>) in bench/<service>.mk.
+-include bench/*.mk

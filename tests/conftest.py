@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Namespace, ScratchStack, ensure_stack_up
+from tests.plumbing import Namespace, Processes, ScratchStack, ensure_stack_up
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +42,11 @@ def scratch_stack(stack: InfraSettings) -> Iterator[Callable[..., ScratchStack]]
     yield make
     for scratch in made:
         scratch.remove()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Start ``orderly …`` processes for a test (``processes.start("ingest", "api", env=...)``); stopped after it."""
+    spawned = Processes()
+    yield spawned
+    spawned.stop_all()

@@ -178,10 +178,11 @@ class ScratchStack:
     """
 
     def __init__(self, name: str, servers: list[str]) -> None:
-        from pathlib import Path
-
         self.servers = servers
-        self.root = Path(__file__).resolve().parent.parent / ".stack" / "scratch" / f"{name}-{secrets.token_hex(3)}"
+        from orderly.stack.manager import default_root
+
+        shared = default_root()
+        self.root = shared / "scratch" / f"{name}-{secrets.token_hex(3)}"
         p = free_port
         self.env = {
             "ORDERLY_STACK_DIR": str(self.root),
@@ -200,7 +201,7 @@ class ScratchStack:
             "ORDERLY_KAFKA__CONTROLLER_PORT": str(p()),
         }
         # The scratch Kafka reuses the jars the shared stack resolved.
-        lib = self.root.parent.parent / "lib"
+        lib = shared / "lib"
         self.root.mkdir(parents=True, exist_ok=True)
         if lib.exists() and not (self.root / "lib").exists():
             (self.root / "lib").symlink_to(lib)
@@ -252,3 +253,102 @@ class ScratchStack:
 
         self.cli("down", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def infra_env(settings: InfraSettings) -> dict[str, str]:
+    """The ``ORDERLY_*`` variables that point a child process at the same resources as ``settings``."""
+    env: dict[str, str] = {}
+    for resource, model in settings.model_dump(exclude={"log"}).items():
+        for key in model:
+            value = getattr(getattr(settings, resource), key)
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            env[f"ORDERLY_{resource.upper()}__{key.upper()}"] = str(value)
+    return env
+
+
+class Spawned:
+    """A process of ours (``python -m orderly …``) started by a test: its stdout is collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import threading
+
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orderly", *args],
+            env={**os.environ, "ORDERLY_LOG__FORMAT": "json", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.errors), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _pump(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_http_ready(self, port: int, *, timeout: float = 30) -> None:
+        """Wait until GET /readyz answers 200; fail with the process's stderr if it dies or never gets ready."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"orderly {' '.join(self.args)} not ready on port {port}:\n" + "\n".join(self.errors[-30:]))
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        import signal
+
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, wait for a graceful exit (SIGKILL after ``timeout``); returns the exit code."""
+        import signal
+
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+
+@dataclass
+class Processes:
+    """Every process a test spawned; all stopped when the test ends."""
+
+    spawned: list[Spawned] = field(default_factory=list)
+
+    def start(self, *args: str, env: dict[str, str]) -> Spawned:
+        process = Spawned(list(args), env)
+        self.spawned.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.spawned):
+            process.stop()
