@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from orderly.stack.base import StackError
 from orderly.stack.cli import app as stack_app
 
 app = typer.Typer(help="orderly: reliable event-driven backend services.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+
+
+@app.command("up")
+def up_command(
+    keep_stack: Annotated[bool, typer.Option("--keep-stack", help="Leave the servers running on exit.")] = False,
+) -> None:
+    """Start the local stack and every service process; Ctrl-C drains and stops everything in reverse order."""
+    from orderly.runner import up
+
+    try:
+        code = up(stop_stack_on_exit=not keep_stack)
+    except StackError as error:
+        typer.echo(f"error {error.line()}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

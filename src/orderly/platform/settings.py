@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote
+from urllib.parse import quote as _quote
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -21,6 +21,11 @@ from pydantic_settings import (
 )
 
 LOOPBACK = "127.0.0.1"
+
+
+def quote(part: str) -> str:
+    """Percent-encode one URL component (user, password, vhost): nothing is safe, not even "/"."""
+    return _quote(part, safe="")
 
 
 class PostgresSettings(BaseModel):
@@ -74,7 +79,7 @@ class RabbitMQSettings(BaseModel):
 
     def url(self) -> str:
         secret = quote(self.password.get_secret_value())
-        return f"amqp://{quote(self.user)}:{secret}@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        return f"amqp://{quote(self.user)}:{secret}@{self.host}:{self.port}/{quote(self.vhost)}"
 
 
 class NatsSettings(BaseModel):
