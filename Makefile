@@ -38,3 +38,9 @@ fmt: ## format and auto-fix
 
 # Each service adds its benchmark target (bench-<service>) in bench/<service>.mk.
 -include bench/*.mk
+BENCH_TARGETS := $(sort $(patsubst bench/%.mk,bench-%,$(wildcard bench/*.mk)))
+
+.PHONY: bench
+bench: setup ## run every bench-* target, then render docs/benchmarks.md with one chart per pipeline
+	@for target in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$target || exit 1; done
+	$(RUN) python bench/render.py
