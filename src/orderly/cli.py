@@ -28,5 +28,17 @@ def up_command(
     raise typer.Exit(code)
 
 
+@app.command("init")
+def init_command() -> None:
+    """Run every service's init step (migrations, Kafka topics) against the configured servers."""
+    from orderly.runner import init
+
+    try:
+        init()
+    except StackError as error:
+        typer.echo(f"error {error.line()}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()

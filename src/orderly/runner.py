@@ -119,6 +119,11 @@ def _env(spec: ProcessSpec) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
 
 
+def init() -> None:
+    """Every service's init step (migrations, topics), in order: what compose's init service runs."""
+    run_init_steps([spec for spec in all_processes() if spec.init])
+
+
 def up(*, stop_stack_on_exit: bool = True) -> int:
     """Run everything until Ctrl-C or until a process dies; returns the exit code."""
     stack = Stack()
