@@ -42,13 +42,13 @@ def start_api(processes: Processes, env: dict[str, str]) -> tuple[Spawned, int]:
     return api, port
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def wait_for_line(process: Spawned, needle: str, *, timeout: float) -> None:
@@ -79,10 +79,11 @@ async def send_requests(
 ) -> list[Sent]:
     """``clients`` concurrent clients each send ``per_client`` requests one after another (or until ``stop``)."""
     results: list[Sent] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
 
-        async def one_client(index: int) -> None:
+    async def one_client(index: int) -> None:
+        # One connection per client: a shared httpx pool serialises 50 concurrent users on its own lock.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
             for i in range(per_client):
                 if stop is not None and stop.is_set():
                     return
@@ -99,7 +100,7 @@ async def send_requests(
                 sent.answered_at = time.perf_counter()
                 results.append(sent)
 
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
     return results
 
 

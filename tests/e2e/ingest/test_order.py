@@ -34,7 +34,7 @@ async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Names
     async def all_out() -> bool:
         return len(daemon.lines) >= total
 
-    await eventually(all_out, timeout=120, what=f"{total} daemon lines")
+    await eventually(all_out, within=120, what=f"{total} daemon lines")
     events = daemon_events(daemon.lines)
     assert len(events) == total
     assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
@@ -89,6 +89,6 @@ async def test_curl_example_prints_two_lines_in_order(infra: InfraSettings, proc
     async def two_lines() -> bool:
         return sum(token in line for line in daemon.lines) == 2
 
-    await eventually(two_lines, timeout=30, what="two daemon lines")
+    await eventually(two_lines, within=30, what="two daemon lines")
     mine = [e for e in daemon_events(daemon.lines) if e["token"] == token]
     assert [e["value"] for e in mine] == [1, 2]
