@@ -1,0 +1,1 @@
+"""ingest: numbers accepted over HTTP come out of the daemon in acceptance order."""

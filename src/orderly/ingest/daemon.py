@@ -1,0 +1,125 @@
+"""The daemon process: every event, in event_id order, as one JSON line on stdout (and optionally a rotating file)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
+from typing import Any, TextIO
+
+import asyncpg
+
+from orderly.ingest import repository
+from orderly.ingest.settings import IngestOptions, IngestSettings
+from orderly.platform.lifecycle import Shutdown
+
+log = logging.getLogger(__name__)
+
+
+class EventSink:
+    """Where event lines go: stdout, flushed per batch, and a size-rotated file when configured."""
+
+    def __init__(self, options: IngestOptions, stream: TextIO) -> None:
+        self.stream = stream
+        self.file: RotatingFileHandler | None = None
+        if options.log_file is not None:
+            options.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self.file = RotatingFileHandler(
+                options.log_file, maxBytes=options.log_file_bytes, backupCount=options.log_file_backups, delay=True
+            )
+            self.file.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        lines = [json.dumps(event, separators=(",", ":")) for event in events]
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        if self.file is not None:
+            for line in lines:
+                self.file.emit(logging.LogRecord("events", logging.INFO, "", 0, line, None, None))
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+async def _wait(wake: asyncio.Event, shutdown: Shutdown, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(shutdown.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _setter(event: asyncio.Event) -> Callable[..., None]:
+    def notified(*_args: Any) -> None:
+        event.set()
+
+    return notified
+
+
+async def follow(
+    *,
+    reader: repository.EventReader,
+    sink: EventSink,
+    wake: asyncio.Event,
+    shutdown: Shutdown,
+    batch: int,
+    poll_s: float,
+) -> None:
+    """Print events after the persisted cursor; the cursor moves only after a batch is printed (at-least-once)."""
+    cursor = await reader.load_cursor()
+    log.info("following events", extra={"cursor": cursor})
+    while not shutdown.requested:
+        wake.clear()  # before reading, so a commit that lands during the read wakes the next round
+        events = await reader.events_after(cursor, batch)
+        if events:
+            sink.write(events)
+            cursor = events[-1]["event_id"]
+            await reader.save_cursor(cursor)
+            if len(events) == batch:
+                continue
+        await _wait(wake, shutdown, poll_s)
+
+
+async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None = None) -> None:
+    """Composition root of the daemon: a reading connection, a LISTEN connection, the sink; reconnects until stopped."""
+    options = settings.ingest
+    sink = EventSink(options, stream or sys.stdout)
+    backoff = 0.1
+    try:
+        while not shutdown.requested:
+            wake = asyncio.Event()
+            notified = _setter(wake)
+            conn: asyncpg.Connection | None = None
+            listener: asyncpg.Connection | None = None
+            try:
+                conn = await repository.connect(settings.postgres)
+                listener = await asyncpg.connect(settings.postgres.dsn())
+                await listener.add_listener(repository.NOTIFY_CHANNEL, notified)
+                backoff = 0.1
+                await follow(
+                    reader=repository.EventReader(conn, name=options.daemon_name),
+                    sink=sink,
+                    wake=wake,
+                    shutdown=shutdown,
+                    batch=options.daemon_batch,
+                    poll_s=options.daemon_poll_ms / 1000,
+                )
+            except repository.TRANSIENT_ERRORS as exc:
+                log.warning("PostgreSQL unavailable, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
+                if await shutdown.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                for connection in (listener, conn):
+                    if connection is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(connection.close(), 2)
+    finally:
+        sink.close()

@@ -1,0 +1,82 @@
+"""Use cases: accept a request (API), store batches in delivery order (worker). Adapters come in as arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+from uuid_utils.compat import uuid7
+
+from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, parse_numbers
+from orderly.ingest.settings import IngestOptions
+
+log = logging.getLogger(__name__)
+
+
+class RequestPublisher(Protocol):
+    async def publish(self, request: AcceptedRequest) -> None: ...
+
+
+Revoker = Callable[[UUID], Awaitable[bool]]
+
+
+async def accept(
+    *, query: bytes, publisher: RequestPublisher, revoke: Revoker, options: IngestOptions
+) -> AcceptedRequest:
+    """Validate, give the request a token, and return once the broker confirmed the persistent message."""
+    numbers = parse_numbers(query, max_numbers=options.max_numbers, max_query_bytes=options.max_query_bytes)
+    request = AcceptedRequest(token=uuid7(), numbers=numbers, accepted_at=datetime.now(UTC))
+    try:
+        await publisher.publish(request)
+    except BrokerUnavailableError:
+        # The broker may hold the message although its confirm was lost. Decide under the writer's lock: either the
+        # worker stored it already (then it is accepted after all) or it is revoked and will never be stored.
+        try:
+            revoked = await revoke(request.token)
+        except Exception:
+            log.exception("could not revoke an unconfirmed token", extra={"token": str(request.token)})
+            raise
+        if not revoked:
+            log.info("unconfirmed publish was stored already", extra={"token": str(request.token)})
+            return request
+        raise
+    return request
+
+
+class BatchStore(Protocol):
+    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> int: ...
+
+
+class StoreFailedError(Exception):
+    """A batch failed with a permanent database error ``max_attempts`` times in a row."""
+
+
+async def store_with_retry(
+    *,
+    batch: Sequence[AcceptedRequest],
+    store: Callable[[], Awaitable[BatchStore]],
+    on_transient: Callable[[BaseException], Awaitable[bool]],
+    transient: tuple[type[BaseException], ...],
+    max_attempts: int,
+) -> int:
+    """Store one batch, waiting out transient errors (``on_transient`` returns False to give up) and retrying a
+    permanent error up to ``max_attempts`` times. Nothing is acknowledged here: the caller acks after this returns."""
+    failures = 0
+    while True:
+        try:
+            return await (await store()).store_batch(batch)
+        except transient as exc:
+            if not await on_transient(exc):
+                raise
+        except Exception as exc:
+            failures += 1
+            log.warning(
+                "batch failed", extra={"attempt": failures, "size": len(batch), "error": f"{type(exc).__name__}: {exc}"}
+            )
+            if failures >= max_attempts:
+                raise StoreFailedError(f"{type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(0.05 * failures)

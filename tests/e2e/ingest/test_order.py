@@ -1,0 +1,94 @@
+"""The main promise: whatever the concurrency, events come out of the daemon in acceptance order."""
+
+from __future__ import annotations
+
+import aio_pika
+import asyncpg
+import httpx
+
+from orderly.platform.settings import InfraSettings
+from tests.e2e.ingest.conftest import (
+    assert_happens_before_order,
+    assert_rows_before_exact,
+    daemon_events,
+    eventually,
+    migrate,
+    send_requests,
+    start_api,
+)
+from tests.plumbing import Namespace, Processes
+
+
+async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Namespace, processes: Processes) -> None:
+    settings = await namespace.settings("order")
+    env = migrate(settings)
+    _, port = start_api(processes, env)
+    processes.start("ingest", "worker", env=env)
+    daemon = processes.start("ingest", "daemon", env=env)
+
+    sent = await send_requests(port, clients=50, per_client=100)
+    accepted = [s for s in sent if s.status == 202]
+    assert len(accepted) == 5000, {s.status for s in sent}
+    total = sum(len(s.numbers) for s in accepted)
+
+    async def all_out() -> bool:
+        return len(daemon.lines) >= total
+
+    await eventually(all_out, within=120, what=f"{total} daemon lines")
+    events = daemon_events(daemon.lines)
+    assert len(events) == total
+    assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
+    assert_happens_before_order(accepted, events)
+    assert_rows_before_exact(events)
+
+
+async def test_bad_input_is_rejected_naming_the_parameter_and_nothing_is_queued(
+    namespace: Namespace, processes: Processes
+) -> None:
+    settings = await namespace.settings("contract")
+    env = migrate(settings)
+    _, port = start_api(processes, env)
+    cases = {
+        "": (400, "n"),
+        "n=abc": (400, "n[0]"),
+        "n=1&n=2.5": (400, "n[1]"),
+        "n=9223372036854775808": (400, "n[0]"),
+        "numbers=1,x": (400, "numbers[1]"),
+        "&".join(["n=1"] * 1001): (413, "n"),
+        "n=" + "7" * 16400: (414, "query"),
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for query, (status, field) in cases.items():
+            response = await client.get(f"/ingest?{query}")
+            assert response.status_code == status, query[:40]
+            body = response.json()
+            assert [f["field"] for f in body["fields"]] == [field]
+            assert "token" not in body
+
+    async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("ingest.requests", passive=True)
+        assert queue.declaration_result.message_count == 0
+    conn = await asyncpg.connect(settings.postgres.dsn())
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM requests") == 0
+    finally:
+        await conn.close()
+
+
+async def test_curl_example_prints_two_lines_in_order(infra: InfraSettings, processes: Processes) -> None:
+    env = migrate(infra)
+    _, port = start_api(processes, env)
+    processes.start("ingest", "worker", env=env)
+    daemon = processes.start("ingest", "daemon", "--name", "curl-example", env=env)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/ingest?n=1&n=2")
+    assert response.status_code == 202
+    token = response.json()["token"]
+
+    async def two_lines() -> bool:
+        return sum(token in line for line in daemon.lines) == 2
+
+    await eventually(two_lines, within=30, what="two daemon lines")
+    mine = [e for e in daemon_events(daemon.lines) if e["token"] == token]
+    assert [e["value"] for e in mine] == [1, 2]

@@ -1,0 +1,120 @@
+"""Outages of the servers themselves, on private scratch copies (the shared stack is never restarted)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from orderly.platform.settings import InfraSettings
+from tests.e2e.ingest.conftest import (
+    Sent,
+    assert_stored_exactly,
+    count_stored,
+    eventually,
+    migrate,
+    send_requests,
+    start_api,
+    stored_requests,
+    wait_for_line,
+)
+from tests.plumbing import Namespace, Processes, ScratchStack
+
+pytestmark = pytest.mark.slow
+
+
+async def _stored_markers(settings: InfraSettings) -> set[int]:
+    conn = await asyncpg.connect(settings.postgres.dsn())
+    try:
+        rows = await conn.fetch("SELECT (body -> 'numbers' ->> 0)::bigint AS marker FROM requests")
+        return {row["marker"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
+    namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    scratch = scratch_stack("ingest-rabbit", "rabbitmq")
+    await asyncio.to_thread(scratch.up)
+    base = await namespace.settings("rabbitrestart")
+    settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
+    env = migrate(settings)
+    _, port = start_api(processes, env)
+    processes.start("ingest", "worker", "--batch-size", "50", env=env)
+
+    stop = asyncio.Event()
+    flowing = asyncio.create_task(send_requests(port, clients=10, per_client=1_000_000, stop=stop))
+
+    async def stored(n: int) -> bool:
+        return await count_stored(settings) >= n
+
+    await eventually(lambda: stored(100), within=60, what="requests flowing")
+    await asyncio.to_thread(scratch.down, "rabbitmq")
+    await asyncio.to_thread(scratch.up, "rabbitmq")
+    resumed_from = await count_stored(settings)
+    await eventually(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+    stop.set()
+    sent: list[Sent] = await flowing
+
+    # The queue is FIFO in acceptance order: once a last accepted request is stored, everything before it is done.
+    async with httpx.AsyncClient() as client:
+        last = await client.get(f"http://127.0.0.1:{port}/ingest?n=-1")
+    assert last.status_code == 202
+
+    async def last_stored() -> bool:
+        return -1 in await _stored_markers(settings)
+
+    await eventually(last_stored, within=60, what="the last request stored")
+    markers = await _stored_markers(settings)
+    accepted = {s.marker for s in sent if s.status == 202}
+    refused = {s.marker for s in sent if s.status == 503}
+    assert refused, "the broker outage produced no 503; the test proved nothing"
+    assert accepted <= markers
+    assert not refused & markers
+    assert_stored_exactly(
+        await stored_requests(settings), {s.token for s in sent if s.status == 202} | {last.json()["token"]}
+    )
+
+
+async def _queue_depth(settings: InfraSettings) -> int:
+    """Messages in the queue, ready plus delivered-but-unacked (management statistics, refreshed every few s)."""
+    r = settings.rabbitmq
+    url = f"http://{r.host}:{r.management_port}/api/queues/{r.vhost}/ingest.requests"
+    async with httpx.AsyncClient(auth=(r.user, r.password.get_secret_value())) as client:
+        return int((await client.get(url)).json().get("messages", -1))
+
+
+async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
+    namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    scratch = scratch_stack("ingest-pg", "postgres")
+    await asyncio.to_thread(scratch.up)
+    base = await namespace.settings("pgrestart")
+    settings = base.model_copy(update={"postgres": scratch.settings.postgres})
+    env = migrate(settings)
+    _, port = start_api(processes, env)
+    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+
+    before = await send_requests(port, clients=10, per_client=30)
+
+    async def stored(n: int) -> bool:
+        return await count_stored(settings) >= n
+
+    await eventually(lambda: stored(300), within=60, what="the first 300 stored")
+    await asyncio.to_thread(scratch.down, "postgres")
+    during = await send_requests(port, clients=10, per_client=30, first_marker=300)
+    assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
+    wait_for_line(worker, "PostgreSQL unavailable", timeout=30)
+
+    async def all_still_queued() -> bool:
+        return await _queue_depth(settings) == 300
+
+    await eventually(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
+    await asyncio.to_thread(scratch.up, "postgres")
+    await eventually(lambda: stored(600), within=90, what="the worker to resume after the restart")
+    assert worker.proc.poll() is None
+    assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
