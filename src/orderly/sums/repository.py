@@ -110,6 +110,24 @@ class SumStore:
             raise StorageUnavailableError("sum_total has no row; run `orderly sums migrate`")
         return int(row[0])
 
+    async def find_key(self, key: str) -> StoredResponse | None:
+        """The committed row of a key, if any (used to tell a live in-progress mark from a stale one)."""
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.cursor() as cur:
+                        await cur.execute(
+                            "SELECT fingerprint, response FROM idempotency_keys WHERE ikey = %s", (key.encode(),)
+                        )
+                        row = await cur.fetchone()
+                    await conn.rollback()
+                except BaseException:
+                    conn.close()
+                    raise
+        except _STORAGE_ERRORS as error:
+            raise StorageUnavailableError("the sum store is unavailable") from error
+        return None if row is None else StoredResponse(fingerprint=str(row[0]), body=str(row[1]).encode())
+
     async def add_autocommit(self, amount: int) -> None:
         """The reference design's update: upsert the row and commit on its own (no key recorded)."""
         try:

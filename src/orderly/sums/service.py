@@ -18,11 +18,13 @@ from orderly.sums.domain import (
     KeyReusedError,
     Outcome,
     Replayed,
+    RequestInProgressError,
     StorageUnavailableError,
     StoredResponse,
     SumRequest,
     decide_on_cached,
     decode_state,
+    outcome_of_stored,
     plan_batch,
     render_sum,
 )
@@ -164,9 +166,13 @@ class SumsService:
             marked = existing is None
             state = decode_state(existing.raw) if existing is not None else None
             if existing is not None and state is not None:
-                return Answer(
-                    decide_on_cached(state, fingerprint=request.fingerprint, pttl_ms=existing.pttl_ms).body, True
-                )
+                try:
+                    replay = decide_on_cached(state, fingerprint=request.fingerprint, pttl_ms=existing.pttl_ms)
+                except RequestInProgressError as busy:
+                    # A mark outlives its request when the process died after the commit or Redis failed after it:
+                    # if MySQL already holds the key, the mark is stale and the stored answer is final.
+                    return await self._answer_stale_mark(request, key, busy)
+                return Answer(replay.body, replayed=True)
         try:
             outcome = await self._batcher.submit(request)
         except BaseException:
@@ -179,6 +185,19 @@ class SumsService:
                 await self._cache.store([(key, response.encode())], ttl_ms=self._options.key_ttl_s * 1000)
         elif isinstance(outcome, Conflict) and marked:
             await self._release(key, mark)
+        return self._answer(outcome, request)
+
+    async def _answer_stale_mark(self, request: SumRequest, key: str, busy: RequestInProgressError) -> Answer:
+        try:
+            stored = await self._store.find_key(key)
+        except StorageUnavailableError:
+            stored = None
+        if stored is None:
+            raise busy  # the first request is really still running
+        outcome = outcome_of_stored(stored, fingerprint=request.fingerprint)
+        if isinstance(outcome, Replayed):
+            with contextlib.suppress(CacheUnavailableError):
+                await self._cache.store([(key, stored.encode())], ttl_ms=self._options.key_ttl_s * 1000)
         return self._answer(outcome, request)
 
     async def _release(self, key: str, mark: InProgressMark) -> None:

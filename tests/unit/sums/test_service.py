@@ -66,6 +66,11 @@ class MemoryStore(SumStore):
             raise StorageUnavailableError("down")
         return self.total
 
+    async def find_key(self, key: str) -> StoredResponse | None:
+        if self.down:
+            raise StorageUnavailableError("down")
+        return self.keys.get(key)
+
 
 class MemoryCache(IdempotencyCache):
     def __init__(self) -> None:
@@ -122,6 +127,21 @@ async def test_a_repeat_while_the_first_is_in_progress_gets_409_and_nothing_is_a
         with pytest.raises(RequestInProgressError):
             await sums.submit(request)
     assert store.total == 0
+
+
+async def test_a_stale_mark_of_a_committed_key_is_answered_from_mysql_not_409() -> None:
+    store, cache = MemoryStore(), MemoryCache()
+    request = SumRequest(4, "k")
+    async with service(store, cache) as sums:
+        cache.fail_store = True  # the process "died" after the commit: the mark stays, no response in Redis
+        first = await sums.submit(request)
+        cache.fail_store = False
+        cache.values["k"] = InProgressMark(owner="dead", fingerprint=request.fingerprint).encode().encode()
+        retry = await sums.submit(request)
+        with pytest.raises(KeyReusedError):
+            await sums.submit(SumRequest(5, "k"))
+    assert (retry.body, retry.replayed) == (first.body, True)
+    assert store.total == 4
 
 
 async def test_when_the_redis_write_is_lost_after_commit_mysql_replays_the_retry() -> None:
