@@ -335,6 +335,7 @@ class Spawned:
             code = self.proc.wait(10)
         for reader in self._readers:
             reader.join(5)
+        # Close the pipes now: left to the garbage collector they raise ResourceWarning (an error under pytest).
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

@@ -6,6 +6,7 @@ service's contract says otherwise; validation errors name every bad field. No tr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -166,7 +167,8 @@ def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:
         loop=Loops.uvloop,
         log_enabled=False,
         backlog=2048,
-        process_name=process_name,
+        # granian refuses a process name unless its optional setproctitle extra is installed.
+        process_name=process_name if importlib.util.find_spec("setproctitle") else None,
         respawn_failed_workers=True,
         workers_kill_timeout=10,
     ).serve()

@@ -1,0 +1,36 @@
+"""Typed settings of the sums processes: MySQL, Redis, HTTP and the service's own options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from orderly.platform.settings import HttpSettings, MySQLSettings, OrderlySettings, RedisSettings
+
+API_PORTS = (8201, 8202, 8203)
+
+
+class SumsOptions(BaseModel):
+    """Knobs of the idempotency mechanism and the commit batcher (env ``ORDERLY_SUMS__<NAME>``)."""
+
+    mode: Literal["batched", "reference"] = "batched"  # "reference": the seed's design, for the benchmark only
+    key_ttl_s: int = Field(default=86_400, ge=1)  # how long a key's response is remembered (Redis cache and MySQL row)
+    in_progress_ttl_ms: int = Field(default=10_000, ge=100)  # lifetime of the Redis in-progress mark
+    batch_max: int = Field(default=256, ge=1, le=5_000)  # requests sharing one transaction at most
+    batch_linger_ms: float = Field(default=0.0, ge=0, le=100)  # extra wait to fill a batch (0: group commit only)
+    concurrent_batches: int = Field(default=2, ge=1, le=16)  # transactions in flight per instance
+    purge_interval_s: float = Field(default=60.0, gt=0)  # 0 < interval; the purge job runs in every API instance
+    purge_batch: int = Field(default=1_000, ge=1)  # rows deleted per statement
+    redis_timeout_ms: int = Field(default=500, ge=10)  # a Redis call slower than this counts as Redis down
+    redis_retry_after_s: float = Field(default=1.0, ge=0)  # after a Redis failure, skip Redis this long
+    # Test hook: when a committed batch holds this key, the process exits with code 137 right after the MySQL commit
+    # and before the Redis write (simulates a crash in the one window the design must survive). Never set in production.
+    crash_after_commit_key: str | None = None
+
+
+class SumsSettings(OrderlySettings):
+    mysql: MySQLSettings = MySQLSettings()
+    redis: RedisSettings = RedisSettings()
+    http: HttpSettings = HttpSettings(port=API_PORTS[0])
+    sums: SumsOptions = SumsOptions()
