@@ -5,17 +5,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from orderly.items import service
 from orderly.items.cache import ListCache
@@ -27,6 +29,7 @@ from orderly.platform.http import error_response
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import clickhouse_client, postgres_pool, redis_client
 
+M = TypeVar("M", bound=BaseModel)
 NOT_FOUND_CODE = 3
 MAX_PAGE = 1000
 LIST_CACHE = Counter("items_list_cache_total", "GET /items/list answers by source", ["result"])
@@ -63,11 +66,36 @@ class ReprioritizeBody(BaseModel):
     newPriority: Annotated[int, Field(ge=1, le=2**62)]  # noqa: N815 - the contract's field name
 
 
+def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """Parse the body as JSON whatever the Content-Type says (curl -d sends form encoding), naming bad fields."""
+
+    async def parse(request: Request) -> M:
+        raw = await request.body()
+        if not raw.strip():
+            raise RequestValidationError([{"loc": ("body",), "msg": "a JSON object is required", "type": "missing"}])
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
+            ) from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+            ) from None
+
+    return parse
+
+
 router = APIRouter()
 
 
 @router.post("/item/create", summary="Create an item at the end of the priority order")
-async def create_item(rt: Rt, campaign_id: CampaignId, body: Annotated[ItemBody, Body()]) -> dict[str, Any]:
+async def create_item(
+    rt: Rt, campaign_id: CampaignId, body: Annotated[ItemBody, Depends(json_body(ItemBody))]
+) -> dict[str, Any]:
     item = await service.create_item(
         pool=rt.pool, cache=rt.cache, campaign_id=campaign_id, name=body.name, description=body.description
     )
@@ -76,7 +104,7 @@ async def create_item(rt: Rt, campaign_id: CampaignId, body: Annotated[ItemBody,
 
 @router.patch("/item/update", summary="Change an item's name and description under a row lock")
 async def update_item(
-    rt: Rt, item_id: ItemId, campaign_id: CampaignId, body: Annotated[ItemBody, Body()]
+    rt: Rt, item_id: ItemId, campaign_id: CampaignId, body: Annotated[ItemBody, Depends(json_body(ItemBody))]
 ) -> dict[str, Any]:
     item = await service.update_item(
         pool=rt.pool,
@@ -98,7 +126,10 @@ async def remove_item(rt: Rt, item_id: ItemId, campaign_id: CampaignId) -> dict[
 
 @router.patch("/item/reprioritize", summary="Give an item a priority; items at or above it move up by one")
 async def reprioritize_item(
-    rt: Rt, item_id: ItemId, campaign_id: CampaignId, body: Annotated[ReprioritizeBody, Body()]
+    rt: Rt,
+    item_id: ItemId,
+    campaign_id: CampaignId,
+    body: Annotated[ReprioritizeBody, Depends(json_body(ReprioritizeBody))],
 ) -> dict[str, Any]:
     changed = await service.reprioritize_item(
         pool=rt.pool, cache=rt.cache, item_id=item_id, campaign_id=campaign_id, new_priority=body.newPriority

@@ -58,8 +58,10 @@ async def nats_until_connected(settings: ItemsSettings, shutdown: Shutdown) -> A
         yield nc
     finally:
         if nc is not None:
+            # close, not drain: every publish was awaited and every ack sent, and draining a pull subscription
+            # waits for a fetch that will never be answered.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.drain(), timeout=5)
+                await nc.close()
 
 
 async def run_relay(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
