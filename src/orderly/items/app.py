@@ -170,8 +170,9 @@ async def _invalid_field(_request: Request, exc: InvalidFieldError) -> JSONRespo
 
 def create_app(settings: ItemsSettings | None = None) -> FastAPI:
     """The API process's composition root: settings, logging, pools, cache and change-log reader."""
-    settings = settings or ItemsSettings()
-    configure_logging(settings.log, process="items-api")
+    if settings is None:  # a real API process; tests pass their own settings and keep their logging
+        settings = ItemsSettings()
+        configure_logging(settings.log, process="items-api")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
