@@ -139,7 +139,7 @@ async def test_list_is_ordered_by_priority_with_meta_and_defaults(client: httpx.
         ("GET", "/logs", {"limit": 100_000}, None, "limit"),
     ],
 )
-async def test_bad_input_is_400_naming_the_field(
+async def test_bad_input_is_400_naming_the_field(  # noqa: PLR0917 - one parameter per table column
     client: httpx.AsyncClient,
     method: str,
     path: str,
