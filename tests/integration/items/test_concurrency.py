@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import asyncpg
 import httpx
 
 from orderly.items.settings import ItemsSettings
 from orderly.platform.settings import InfraSettings
-from tests.integration.items.support import api_client, create, migrated
+from tests.integration.items.support import api_client, create, migrated, wait_until
 from tests.plumbing import Namespace
 
 
@@ -73,16 +72,15 @@ async def test_update_waits_for_the_row_lock(client: httpx.AsyncClient, items: I
         patch = asyncio.create_task(
             client.patch("/item/update", params={"id": item["id"], "campaignId": 1}, json={"name": "after"})
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        async def patch_waits_for_lock() -> bool:
             waiting = await observer.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"""
             )
-            if waiting:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting == 1, "the PATCH should be waiting for the row lock"
+            return bool(waiting == 1)
+
+        await wait_until(patch_waits_for_lock, within=10, what="the PATCH to wait for the row lock")
         assert not patch.done()
         await tx.commit()
         response = await patch
