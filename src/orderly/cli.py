@@ -9,12 +9,14 @@ import typer
 from orderly.stack.base import StackError
 from orderly.ingest import cli as ingest_cli
 from orderly.sums import cli as sums_cli
+from orderly.items import cli as items_cli
 from orderly.stack.cli import app as stack_app
 
 app = typer.Typer(help="orderly: reliable event-driven backend services.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(ingest_cli.app, name="ingest")
 app.add_typer(sums_cli.app, name="sums")
+app.add_typer(items_cli.app, name="items")
 
 
 @app.command("up")

@@ -1,0 +1,126 @@
+"""`orderly items audit`: pulls change events from JetStream and inserts them into ClickHouse in batches.
+
+A batch is flushed at ``audit_batch_size`` events or ``audit_flush_seconds`` after its first event, whichever comes
+first, and its messages are acked only after ClickHouse took the insert. While ClickHouse is away the batch is retried
+with backoff and nothing is acked, so the events wait in JetStream (and are redelivered to whoever runs next).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import nats.errors
+from clickhouse_driver.errors import Error as ClickHouseError
+from nats.aio.msg import Msg
+from nats.js.errors import Error as JetStreamError
+
+from orderly.items.backoff import Backoff
+from orderly.items.changelog import ChangeLog
+from orderly.items.relay import nats_until_connected
+from orderly.items.settings import ItemsSettings
+from orderly.items.stream import consumer_config, ensure_stream
+from orderly.platform.lifecycle import Shutdown
+from orderly.platform.pools import clickhouse_client
+
+log = logging.getLogger(__name__)
+
+NATS_TRANSIENT = (nats.errors.Error, JetStreamError, OSError, TimeoutError)
+CLICKHOUSE_TRANSIENT = (ClickHouseError, OSError, EOFError, TimeoutError)
+
+
+class Batcher:
+    """Collects up to ``size`` messages, returning at most ``flush_seconds`` after the first one arrived."""
+
+    def __init__(self, subscription: object, *, size: int, flush_seconds: float, idle_seconds: float = 1.0) -> None:
+        self._sub = subscription
+        self._size, self._flush, self._idle = size, flush_seconds, idle_seconds
+
+    async def collect(self) -> list[Msg]:
+        batch: list[Msg] = []
+        try:
+            batch.extend(await self._sub.fetch(self._size, timeout=self._idle))  # type: ignore[attr-defined]
+        except (TimeoutError, nats.errors.TimeoutError):
+            return batch
+        deadline = time.monotonic() + self._flush
+        while len(batch) < self._size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                break
+            try:
+                batch.extend(await self._sub.fetch(self._size - len(batch), timeout=remaining))  # type: ignore[attr-defined]
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+        return batch
+
+
+async def insert_until_taken(changelog: ChangeLog, batch: list[Msg], shutdown: Shutdown, backoff: Backoff) -> bool:
+    """Insert the batch, retrying with backoff while ClickHouse is away; False when a stop came first."""
+    payloads = [message.data for message in batch]
+    while True:
+        try:
+            rows = await changelog.insert(payloads)
+        except CLICKHOUSE_TRANSIENT as exc:
+            delay = backoff.delay()
+            log.warning("ClickHouse insert failed, events wait", extra={"error": repr(exc), "retry_in_s": delay})
+            # Keep the messages ours while we wait, so JetStream does not hand them out again meanwhile.
+            for message in batch:
+                with contextlib.suppress(*NATS_TRANSIENT):
+                    await message.in_progress()
+            if await shutdown.sleep(delay):
+                return False
+            continue
+        backoff.reset()
+        log.info("inserted change events", extra={"rows": rows})
+        return True
+
+
+async def run_audit(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
+    """The audit process's composition root; ``burst`` stops after the first empty fetch."""
+    options = settings.items
+    changelog = ChangeLog(clickhouse_client(settings.clickhouse), database=settings.clickhouse.database)
+    try:
+        async with nats_until_connected(settings, shutdown) as nc:
+            if nc is None:
+                return
+            js = nc.jetstream()
+            backoff = Backoff(cap=options.retry_max_seconds)
+            batcher: Batcher | None = None
+            while not shutdown.requested:
+                try:
+                    if batcher is None:
+                        await ensure_stream(
+                            js, name=settings.stream_name, duplicate_window_seconds=options.duplicate_window_seconds
+                        )
+                        subscription = await js.pull_subscribe(
+                            f"{settings.stream_name}.>",
+                            durable=options.consumer,
+                            stream=settings.stream_name,
+                            config=consumer_config(
+                                durable=options.consumer,
+                                ack_wait_seconds=options.audit_ack_wait_seconds,
+                                max_ack_pending=options.audit_batch_size * 4,
+                            ),
+                        )
+                        batcher = Batcher(
+                            subscription, size=options.audit_batch_size, flush_seconds=options.audit_flush_seconds
+                        )
+                    batch = await batcher.collect()
+                except NATS_TRANSIENT as exc:
+                    delay = backoff.delay()
+                    log.warning("JetStream fetch failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                    await shutdown.sleep(delay)
+                    continue
+                if not batch:
+                    if burst:
+                        return
+                    continue
+                if not await insert_until_taken(changelog, batch, shutdown, backoff):
+                    return  # stopping: the batch stays unacked and comes back to the next audit process
+                for message in batch:
+                    with contextlib.suppress(*NATS_TRANSIENT):
+                        await message.ack()
+    finally:
+        await asyncio.to_thread(changelog.close)

@@ -1,0 +1,44 @@
+"""Redis adapter: cache-aside pages of /items/list under a generation counter.
+
+A page is stored under a key that contains the generation the reader saw *before* it queried PostgreSQL; every write
+increments the generation after its commit. A reader that loaded old rows therefore writes them under a generation
+nobody asks for any more, so a stale page can never become visible after the write's response.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+# One round trip for a hit: read the generation and the page stored under it.
+_READ = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+return {gen, redis.call('GET', ARGV[1] .. gen .. ARGV[2])}
+"""
+
+
+class ListCache:
+    """Pages of the item list, keyed by (generation, limit, offset), each living ``ttl_seconds``."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int) -> None:
+        self._redis = redis
+        self._gen_key = f"{prefix}list:gen"
+        self._page_prefix = f"{prefix}list:page:"
+        self._ttl = ttl_seconds
+        self._read: Any = redis.register_script(_READ)
+
+    def page_key(self, generation: int, limit: int, offset: int) -> str:
+        return f"{self._page_prefix}{generation}:{limit}:{offset}"
+
+    async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
+        """The current generation and the page cached for it, if any."""
+        gen, body = await self._read(keys=[self._gen_key], args=[self._page_prefix, f":{limit}:{offset}"])
+        return int(gen), body
+
+    async def store(self, *, generation: int, limit: int, offset: int, body: bytes) -> None:
+        await self._redis.set(self.page_key(generation, limit, offset), body, ex=self._ttl)
+
+    async def invalidate(self) -> int:
+        """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
+        return int(await self._redis.incr(self._gen_key))

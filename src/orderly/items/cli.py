@@ -1,0 +1,71 @@
+"""`orderly items …`: parse flags, build settings, hand over to a composition root."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from orderly.items.settings import ITEMS_HTTP_PORT, ItemsSettings
+
+app = typer.Typer(help="items: CRUD with row locks, a never-stale list cache, a change log in ClickHouse.")
+
+Burst = Annotated[bool, typer.Option("--burst", help="stop when there is nothing left to do (tests, one-off runs)")]
+
+
+@app.command()
+def migrate() -> None:
+    """Create the databases, tables and the JetStream stream when missing (idempotent)."""
+    from orderly.items.migrate import migrate as run_migrate
+    from orderly.platform.logging import configure_logging
+
+    settings = ItemsSettings()
+    configure_logging(settings.log, process="items-migrate")
+    asyncio.run(run_migrate(settings))
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="HTTP port")] = ITEMS_HTTP_PORT,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    workers: Annotated[int | None, typer.Option(help="HTTP worker processes")] = None,
+) -> None:
+    """Serve the HTTP API."""
+    from orderly.platform.http import export_to_environment, serve
+
+    export_to_environment("ORDERLY_HTTP__", {"port": port, "host": host, "workers": workers})
+    settings = ItemsSettings()
+    serve("orderly.items.app:create_app", settings.http, process_name="orderly-items-api")
+
+
+@app.command()
+def relay(burst: Burst = False) -> None:
+    """Move outbox rows to the JetStream stream (Nats-Msg-Id = event id), deleting them after the PubAck."""
+    from orderly.items.relay import run_relay
+    from orderly.platform.lifecycle import Shutdown, run_process
+    from orderly.platform.logging import configure_logging
+
+    settings = ItemsSettings()
+    configure_logging(settings.log, process="items-relay")
+
+    async def main(shutdown: Shutdown) -> None:
+        await run_relay(settings, shutdown, burst=burst)
+
+    run_process(main)
+
+
+@app.command()
+def audit(burst: Burst = False) -> None:
+    """Insert change events from the durable JetStream consumer into ClickHouse in batches, acking after insert."""
+    from orderly.items.audit import run_audit
+    from orderly.platform.lifecycle import Shutdown, run_process
+    from orderly.platform.logging import configure_logging
+
+    settings = ItemsSettings()
+    configure_logging(settings.log, process="items-audit")
+
+    async def main(shutdown: Shutdown) -> None:
+        await run_audit(settings, shutdown, burst=burst)
+
+    run_process(main)

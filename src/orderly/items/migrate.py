@@ -1,0 +1,52 @@
+"""`orderly items migrate`: databases, tables and the stream, all idempotent (the init step of `orderly up`)."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import nats
+
+from orderly.items.settings import ItemsSettings
+from orderly.items.stream import ensure_stream
+from orderly.platform.migrations import (
+    ensure_postgres_database,
+    load_migrations,
+    migrate_clickhouse_async,
+    migrate_postgres,
+)
+from orderly.platform.pools import clickhouse_client
+
+log = logging.getLogger(__name__)
+SERVICE = "items"
+
+
+async def migrate(settings: ItemsSettings) -> None:
+    admin = await asyncpg.connect(settings.postgres.dsn("postgres"))
+    try:
+        await ensure_postgres_database(admin, settings.postgres.database)
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(settings.postgres.dsn())
+    try:
+        applied = await migrate_postgres(conn, service=SERVICE, migrations=load_migrations("orderly.items", "postgres"))
+    finally:
+        await conn.close()
+    client = clickhouse_client(settings.clickhouse, database="default")
+    try:
+        applied_ch = await migrate_clickhouse_async(
+            client,
+            database=settings.clickhouse.database,
+            service=SERVICE,
+            migrations=load_migrations("orderly.items", "clickhouse"),
+        )
+    finally:
+        client.disconnect()
+    nc = await nats.connect(settings.nats.url())
+    try:
+        await ensure_stream(
+            nc.jetstream(), name=settings.stream_name, duplicate_window_seconds=settings.items.duplicate_window_seconds
+        )
+    finally:
+        await nc.close()
+    log.info("items migrated", extra={"postgres": applied, "clickhouse": applied_ch, "stream": settings.stream_name})

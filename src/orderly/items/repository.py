@@ -1,0 +1,138 @@
+"""PostgreSQL adapter: every SQL statement of the items service, each run on a connection the caller holds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from orderly.items.domain import ChangeEvent, Item
+
+ITEM_COLUMNS = "id, campaign_id, name, description, priority, removed, created_at"
+# One advisory lock serialises every statement that assigns priorities (create, reprioritize), so max + 1 is safe.
+PRIORITY_LOCK_KEY = 0x6974656D73  # "items"
+OUTBOX_CHANNEL = "items_outbox"
+
+
+def _item(row: asyncpg.Record) -> Item:
+    return Item(
+        id=row["id"],
+        campaign_id=row["campaign_id"],
+        name=row["name"],
+        description=row["description"],
+        priority=row["priority"],
+        removed=row["removed"],
+        created_at=row["created_at"],
+    )
+
+
+async def lock_priorities(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PRIORITY_LOCK_KEY)
+
+
+async def campaign_exists(conn: asyncpg.Connection, campaign_id: int) -> bool:
+    # FOR KEY SHARE keeps the campaign from being deleted before our insert commits.
+    found = await conn.fetchval("SELECT 1 FROM campaigns WHERE id = $1 FOR KEY SHARE", campaign_id)
+    return found is not None
+
+
+async def insert_item(conn: asyncpg.Connection, *, campaign_id: int, name: str, description: str | None) -> Item:
+    row = await conn.fetchrow(
+        f"""INSERT INTO items (campaign_id, name, description, priority)
+            VALUES ($1, $2, $3, (SELECT coalesce(max(priority), 0) + 1 FROM items))
+            RETURNING {ITEM_COLUMNS}""",
+        campaign_id,
+        name,
+        description,
+    )
+    return _item(row)
+
+
+async def lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int) -> Item | None:
+    """The live item, row-locked until the transaction ends (None when missing or removed)."""
+    row = await conn.fetchrow(
+        f"SELECT {ITEM_COLUMNS} FROM items WHERE id = $1 AND campaign_id = $2 AND NOT removed FOR UPDATE",
+        item_id,
+        campaign_id,
+    )
+    return None if row is None else _item(row)
+
+
+async def update_item(conn: asyncpg.Connection, *, item_id: int, name: str, description: str | None) -> Item:
+    row = await conn.fetchrow(
+        f"UPDATE items SET name = $2, description = $3 WHERE id = $1 RETURNING {ITEM_COLUMNS}",
+        item_id,
+        name,
+        description,
+    )
+    return _item(row)
+
+
+async def mark_removed(conn: asyncpg.Connection, *, item_id: int) -> Item:
+    row = await conn.fetchrow(f"UPDATE items SET removed = true WHERE id = $1 RETURNING {ITEM_COLUMNS}", item_id)
+    return _item(row)
+
+
+async def shift_priorities(conn: asyncpg.Connection, *, item_id: int, new_priority: int) -> list[Item]:
+    """Give the item ``new_priority`` and move every other item at or above it up by one; the changed rows."""
+    rows = await conn.fetch(
+        f"UPDATE items SET priority = priority + 1 WHERE priority >= $2 AND id <> $1 RETURNING {ITEM_COLUMNS}",
+        item_id,
+        new_priority,
+    )
+    moved = await conn.fetchrow(
+        f"UPDATE items SET priority = $2 WHERE id = $1 RETURNING {ITEM_COLUMNS}", item_id, new_priority
+    )
+    changed = [_item(moved), *(_item(r) for r in rows)]
+    changed.sort(key=lambda item: (item.priority, item.id))
+    return changed
+
+
+async def add_events(conn: asyncpg.Connection, events: Sequence[ChangeEvent]) -> None:
+    """Write change events into the outbox (same transaction as the change) and wake the relay on commit."""
+    await conn.executemany(
+        "INSERT INTO items_outbox (event_id, subject, payload) VALUES ($1::uuid, $2, $3::jsonb)",
+        [(e.event_id, e.subject, json.dumps(e.payload(), ensure_ascii=False)) for e in events],
+    )
+    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int
+    removed: int
+
+
+async def page(conn: asyncpg.Connection, *, limit: int, offset: int) -> tuple[Counts, list[Item]]:
+    """Items ordered by priority, starting at the ``offset``-th (1-based), and the table's counts."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        counts = await conn.fetchrow("SELECT count(*) AS total, count(*) FILTER (WHERE removed) AS removed FROM items")
+        rows = await conn.fetch(
+            f"SELECT {ITEM_COLUMNS} FROM items ORDER BY priority, id LIMIT $1 OFFSET $2", limit, offset - 1
+        )
+    return Counts(total=counts["total"], removed=counts["removed"]), [_item(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+async def claim_outbox(conn: asyncpg.Connection, *, limit: int) -> list[OutboxRow]:
+    """The oldest outbox rows, locked for this transaction; other relays skip them rather than wait."""
+    rows: list[Any] = await conn.fetch(
+        """SELECT id, event_id::text AS event_id, subject, payload::text AS payload
+           FROM items_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return [OutboxRow(r["id"], r["event_id"], r["subject"], r["payload"].encode()) for r in rows]
+
+
+async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM items_outbox WHERE id = ANY($1::bigint[])", list(ids))

@@ -1,0 +1,131 @@
+"""Use cases of the items service. Each takes its adapters as keyword arguments and owns its transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import uuid_utils
+from redis.exceptions import RedisError
+
+from orderly.items import repository as repo
+from orderly.items.cache import ListCache
+from orderly.items.domain import (
+    CampaignNotFoundError,
+    ChangeEvent,
+    EventKind,
+    Item,
+    ItemNotFoundError,
+    Page,
+    check_priority,
+    clean_description,
+    clean_name,
+)
+
+log = logging.getLogger(__name__)
+
+# Test seam: called between the PostgreSQL read and the cache write of a list miss.
+AfterLoad = Callable[[], Awaitable[None]]
+
+
+def _events(kind: EventKind, items: list[Item]) -> list[ChangeEvent]:
+    at = datetime.now(UTC)
+    return [ChangeEvent(event_id=str(uuid_utils.uuid7()), kind=kind, item=item, event_time=at) for item in items]
+
+
+async def create_item(
+    *, pool: asyncpg.Pool, cache: ListCache, campaign_id: int, name: str, description: str | None
+) -> Item:
+    """Insert an item at the end of the priority order (max + 1, serialised by an advisory lock)."""
+    name, description = clean_name(name), clean_description(description)
+    async with pool.acquire() as conn, conn.transaction():
+        if not await repo.campaign_exists(conn, campaign_id):
+            raise CampaignNotFoundError(campaign_id)
+        await repo.lock_priorities(conn)
+        item = await repo.insert_item(conn, campaign_id=campaign_id, name=name, description=description)
+        await repo.add_events(conn, _events("created", [item]))
+    await cache.invalidate()
+    return item
+
+
+async def update_item(
+    *,
+    pool: asyncpg.Pool,
+    cache: ListCache,
+    item_id: int,
+    campaign_id: int,
+    name: str,
+    description: str | None,
+    keep_description: bool = False,
+) -> Item:
+    """Lock the row, validate, change it and record the event in one transaction.
+
+    ``keep_description`` leaves the stored description as it is (the request did not mention it).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        current = await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id)
+        if current is None:
+            raise ItemNotFoundError(item_id)
+        item = await repo.update_item(
+            conn,
+            item_id=item_id,
+            name=clean_name(name),
+            description=current.description if keep_description else clean_description(description),
+        )
+        await repo.add_events(conn, _events("updated", [item]))
+    await cache.invalidate()
+    return item
+
+
+async def remove_item(*, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int) -> Item:
+    """Soft-delete: the row stays, flagged removed; a second remove finds nothing to remove."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
+            raise ItemNotFoundError(item_id)
+        item = await repo.mark_removed(conn, item_id=item_id)
+        await repo.add_events(conn, _events("removed", [item]))
+    await cache.invalidate()
+    return item
+
+
+async def reprioritize_item(
+    *, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int, new_priority: int
+) -> list[Item]:
+    """Move the item to ``new_priority``; every item at or above it moves up by one. Returns the changed items."""
+    new_priority = check_priority(new_priority)
+    async with pool.acquire() as conn, conn.transaction():
+        # Same order as create (priority lock, then row lock) so the two can never deadlock.
+        await repo.lock_priorities(conn)
+        if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
+            raise ItemNotFoundError(item_id)
+        changed = await repo.shift_priorities(conn, item_id=item_id, new_priority=new_priority)
+        await repo.add_events(conn, _events("reprioritized", changed))
+    await cache.invalidate()
+    return changed
+
+
+async def list_items(
+    *, pool: asyncpg.Pool, cache: ListCache, limit: int, offset: int, after_load: AfterLoad | None = None
+) -> tuple[bytes, bool]:
+    """The page as JSON bytes and whether it came from the cache (cache-aside, generation-keyed)."""
+    generation: int | None
+    try:
+        generation, cached = await cache.lookup(limit=limit, offset=offset)
+    except RedisError:
+        log.warning("cache unavailable, reading PostgreSQL", exc_info=True)
+        generation, cached = None, None
+    if cached is not None:
+        return cached, True
+    async with pool.acquire() as conn:
+        counts, items = await repo.page(conn, limit=limit, offset=offset)
+    body = Page(total=counts.total, removed=counts.removed, limit=limit, offset=offset, items=items).to_json_bytes()
+    if after_load is not None:
+        await after_load()
+    if generation is not None:
+        try:
+            await cache.store(generation=generation, limit=limit, offset=offset, body=body)
+        except RedisError:
+            log.warning("cache unavailable, page not stored", exc_info=True)
+    return body, False

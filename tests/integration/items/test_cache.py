@@ -1,0 +1,156 @@
+"""The /items/list cache: hit, miss, TTL expiry, invalidation after writes, and the stale-refill race."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from orderly.items import service
+from orderly.items.cache import ListCache
+from orderly.items.settings import ItemsSettings
+from orderly.platform.pools import postgres_pool, redis_client
+from tests.integration.items.support import api_client, create, items_settings, wait_until
+from tests.plumbing import Namespace
+
+
+@pytest.fixture
+async def fresh(namespace: Namespace) -> ItemsSettings:
+    """A migrated database of its own with a one-second cache TTL, so expiry can be observed."""
+    from orderly.items.migrate import migrate
+
+    settings = items_settings(await namespace.settings(f"cache{time.monotonic_ns()}"), cache_ttl_seconds=1)
+    await migrate(settings)
+    return settings
+
+
+@pytest.fixture
+async def db(items: ItemsSettings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(items.postgres.dsn())
+    yield conn
+    await conn.close()
+
+
+async def rename_behind_the_cache(conn: asyncpg.Connection, item_id: int, name: str) -> None:
+    """Change a row without going through the service: the cache is not told."""
+    await conn.execute("UPDATE items SET name = $2 WHERE id = $1", item_id, name)
+
+
+def names(page: httpx.Response) -> dict[int, str]:
+    return {i["id"]: i["name"] for i in page.json()["items"]}
+
+
+async def test_second_list_is_served_from_the_cache(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    item = await create(client, "cached")
+    params = {"limit": 1000}
+    first = await client.get("/items/list", params=params)
+    assert first.headers["X-Cache"] == "miss"
+    await rename_behind_the_cache(db, item["id"], "changed behind the cache")
+    second = await client.get("/items/list", params=params)
+    assert second.headers["X-Cache"] == "hit"
+    assert second.content == first.content, "a hit returns the stored page, not PostgreSQL's current rows"
+
+
+async def test_each_limit_and_offset_is_a_page_of_its_own(client: httpx.AsyncClient) -> None:
+    await create(client, "paged")
+    assert (await client.get("/items/list", params={"limit": 3})).headers["X-Cache"] == "miss"
+    assert (await client.get("/items/list", params={"limit": 3, "offset": 2})).headers["X-Cache"] == "miss"
+    assert (await client.get("/items/list", params={"limit": 3})).headers["X-Cache"] == "hit"
+
+
+async def test_cached_page_expires_after_its_ttl(fresh: ItemsSettings) -> None:
+    async with api_client(fresh) as client, redis_client(fresh.redis) as redis:
+        item = await create(client, "short-lived")
+        assert (await client.get("/items/list")).headers["X-Cache"] == "miss"
+        keys = [k async for k in redis.scan_iter(match=f"{fresh.cache_prefix}list:page:*")]
+        assert len(keys) == 1
+        assert 0 < await redis.pttl(keys[0]) <= 1000, "the page lives cache_ttl_seconds"
+        conn = await asyncpg.connect(fresh.postgres.dsn())
+        try:
+            await rename_behind_the_cache(conn, item["id"], "after expiry")
+        finally:
+            await conn.close()
+        assert names(await client.get("/items/list"))[item["id"]] == "short-lived"
+
+        async def expired() -> bool:
+            return not await redis.exists(keys[0])
+
+        await wait_until(expired, within=10, what="the page to expire")
+        after = await client.get("/items/list")
+        assert after.headers["X-Cache"] == "miss"
+        assert names(after)[item["id"]] == "after expiry"
+
+
+async def test_default_ttl_is_one_minute(client: httpx.AsyncClient, items: ItemsSettings) -> None:
+    await create(client, "minute")
+    await client.get("/items/list", params={"limit": 7})
+    async with redis_client(items.redis) as redis:
+        [key] = [k async for k in redis.scan_iter(match=f"{items.cache_prefix}list:page:*:7:1")]
+        assert 55_000 < await redis.pttl(key) <= 60_000
+
+
+async def test_every_write_is_visible_in_the_next_list(client: httpx.AsyncClient) -> None:
+    """Read-your-writes: each write's response comes after the invalidation, so the next list shows it."""
+    params = {"limit": 1000}
+    item = await create(client, "ryw")
+    assert names(await client.get("/items/list", params=params))[item["id"]] == "ryw"
+    await client.get("/items/list", params=params)  # now cached
+
+    ident = {"id": item["id"], "campaignId": 1}
+    await client.patch("/item/update", params=ident, json={"name": "ryw-2"})
+    assert names(await client.get("/items/list", params=params))[item["id"]] == "ryw-2"
+
+    await client.patch("/item/reprioritize", params=ident, json={"newPriority": 1})
+    listed = (await client.get("/items/list", params=params)).json()["items"]
+    assert listed[0]["id"] == item["id"]
+
+    await client.delete("/item/remove", params=ident)
+    listed = (await client.get("/items/list", params=params)).json()["items"]
+    assert next(i for i in listed if i["id"] == item["id"])["removed"] is True
+
+    other = await create(client, "late")
+    assert other["id"] in names(await client.get("/items/list", params=params))
+
+
+async def test_reader_that_loaded_before_a_write_cannot_refill_a_stale_page(items: ItemsSettings) -> None:
+    """The reader reads PostgreSQL, a write commits and invalidates, then the reader stores its page: never served."""
+    async with postgres_pool(items.postgres) as pool, redis_client(items.redis) as redis:
+        cache = ListCache(redis, prefix=items.cache_prefix, ttl_seconds=60)
+        item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="before", description=None)
+        loaded, release = asyncio.Event(), asyncio.Event()
+
+        async def pause_between_read_and_store() -> None:
+            loaded.set()
+            await release.wait()
+
+        reader = asyncio.create_task(
+            service.list_items(pool=pool, cache=cache, limit=1000, offset=1, after_load=pause_between_read_and_store)
+        )
+        await asyncio.wait_for(loaded.wait(), timeout=10)
+        await service.update_item(
+            pool=pool, cache=cache, item_id=item.id, campaign_id=1, name="after", description=None
+        )
+        release.set()
+        stale_body, hit = await reader
+        assert not hit
+        assert b'"before"' in stale_body, "the paused reader did load the old row"
+
+        body, _ = await service.list_items(pool=pool, cache=cache, limit=1000, offset=1)
+        assert b'"after"' in body
+        assert b'"before"' not in body
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=1000, offset=1)
+        assert hit
+        assert b'"after"' in body
+
+
+async def test_list_still_answers_from_postgresql_when_redis_is_unreachable(items: ItemsSettings) -> None:
+    broken = items.redis.model_copy(update={"port": 1})
+    async with postgres_pool(items.postgres) as pool, redis_client(broken) as redis:
+        cache = ListCache(redis, prefix=items.cache_prefix, ttl_seconds=60)
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=10, offset=1)
+    assert not hit
+    assert body.startswith(b'{"meta"')
