@@ -57,9 +57,7 @@ def notifier_lines(process: Spawned) -> list[dict[str, Any]]:
 def read_topic(settings: LomsSettings, *, expect: int, timeout: float = 60, topic: str | None = None) -> list[Any]:
     """Every message of the topic from the start (blocking), once at least ``expect`` were read."""
     name = topic or settings.events_topic()
-    consumer = Consumer(
-        dict(kafka_config(settings.kafka, **{"group.id": "test-reader", "enable.auto.commit": False}))
-    )
+    consumer = Consumer(dict(kafka_config(settings.kafka, **{"group.id": "test-reader", "enable.auto.commit": False})))
     partitions = len(consumer.list_topics(name, timeout=10).topics[name].partitions)
     consumer.assign([TopicPartition(name, p, 0) for p in range(partitions)])
     messages: list[Any] = []

@@ -335,6 +335,9 @@ class Spawned:
             code = self.proc.wait(10)
         for reader in self._readers:
             reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         return code
 
 
