@@ -55,18 +55,20 @@ def notifier_lines(process: Spawned) -> list[dict[str, Any]]:
 
 
 def read_topic(settings: LomsSettings, *, expect: int, timeout: float = 60, topic: str | None = None) -> list[Any]:
-    """Every message of the topic from the start (blocking), once at least ``expect`` were read."""
+    """Every message of the topic from the start (blocking), once ``expect`` distinct event ids were read."""
     name = topic or settings.events_topic()
     consumer = Consumer(dict(kafka_config(settings.kafka, **{"group.id": "test-reader", "enable.auto.commit": False})))
     partitions = len(consumer.list_topics(name, timeout=10).topics[name].partitions)
     consumer.assign([TopicPartition(name, p, 0) for p in range(partitions)])
     messages: list[Any] = []
+    ids: set[str] = set()
     deadline = time.monotonic() + timeout
     try:
-        while len(messages) < expect and time.monotonic() < deadline:
+        while len(ids) < expect and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.5):
                 if message.error() is None:
                     messages.append(message)
+                    ids.add(json.loads(message.value()).get("event_id"))
     finally:
         consumer.close()
     return messages
