@@ -68,10 +68,18 @@ def read_topic(settings: LomsSettings, *, expect: int, timeout: float = 60, topi
             for message in consumer.consume(1000, 0.5):
                 if message.error() is None:
                     messages.append(message)
-                    ids.add(json.loads(message.value()).get("event_id"))
+                    ids.add(_identity(message))
     finally:
         consumer.close()
     return messages
+
+
+def _identity(message: Any) -> str:
+    """An event's id; a message that is not an event counts by its position."""
+    try:
+        return str(json.loads(message.value())["event_id"])
+    except (ValueError, KeyError, TypeError):
+        return f"{message.partition()}@{message.offset()}"
 
 
 def end_offsets(settings: LomsSettings) -> dict[int, int]:
