@@ -41,12 +41,12 @@ async def prepare(namespace: Namespace, name: str, *, kafka: Any = None) -> Loms
     return Loms(infra, settings)
 
 
-async def eventually(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

@@ -80,19 +80,25 @@ def test_a_disallowed_transition_is_409_with_the_current_status(client: httpx.Cl
         assert response.json()["status"] == "cancelled"
 
 
-async def test_every_transition_reaches_the_notifier_in_order(client: httpx.Client, running: dict[str, Any]) -> None:
-    before = client.post("/stock/info", json={"sku": 1004}).json()["count"]
-    create = {"user": 9, "items": [{"sku": 1004, "count": 2}, {"sku": 1005, "count": 1}]}
-    paid = client.post("/order/create", json=create).json()["orderID"]
-    assert client.post("/stock/info", json={"sku": 1004}).json()["count"] == before - 2
-    assert client.post("/order/pay", json={"orderID": paid}).status_code == 200
-    cancelled = client.post("/order/create", json=create).json()["orderID"]
-    assert client.post("/order/cancel", json={"orderID": cancelled}).status_code == 200
-    failed = client.post("/order/create", json={"user": 9, "items": [{"sku": 2002, "count": 2}]}).json()["orderID"]
-    assert client.post("/stock/info", json={"sku": 1004}).json()["count"] == before - 2
-    info = client.post("/order/info", json={"orderID": paid}).json()
-    assert info == {"status": "payed", "user": 9, "items": create["items"]}
-    assert client.post("/order/info", json={"orderID": failed}).json()["status"] == "failed"
+async def test_every_transition_reaches_the_notifier_in_order(running: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(base_url=running["url"], timeout=10) as client:
+
+        async def call(path: str, body: dict[str, Any]) -> Any:
+            response = await client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        before = (await call("/stock/info", {"sku": 1004}))["count"]
+        create = {"user": 9, "items": [{"sku": 1004, "count": 2}, {"sku": 1005, "count": 1}]}
+        paid = (await call("/order/create", create))["orderID"]
+        assert (await call("/stock/info", {"sku": 1004}))["count"] == before - 2
+        await call("/order/pay", {"orderID": paid})
+        cancelled = (await call("/order/create", create))["orderID"]
+        await call("/order/cancel", {"orderID": cancelled})
+        failed = (await call("/order/create", {"user": 9, "items": [{"sku": 2002, "count": 2}]}))["orderID"]
+        assert (await call("/stock/info", {"sku": 1004}))["count"] == before - 2
+        assert await call("/order/info", {"orderID": paid}) == {"status": "payed", "user": 9, "items": create["items"]}
+        assert (await call("/order/info", {"orderID": failed}))["status"] == "failed"
 
     expected = {
         paid: ["new", "awaiting payment", "payed"],
@@ -108,7 +114,7 @@ async def test_every_transition_reaches_the_notifier_in_order(client: httpx.Clie
                 seen.setdefault(line["order_id"], []).append(line["status"])
         return seen
 
-    await eventually(lambda: statuses() == expected, timeout=30, what=f"events of {expected}, saw {statuses()}")
+    await eventually(lambda: statuses() == expected, within=30, what=f"events of {expected}")
     line = next(x for x in notifier_lines(notifier) if x["order_id"] == failed)
     assert set(line) >= {"order_id", "status", "occurred_at", "partition", "offset", "instance"}
     assert line["instance"] == "only"

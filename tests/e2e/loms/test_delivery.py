@@ -80,7 +80,7 @@ async def test_2000_concurrent_orders_reach_notifiers_in_order_spread_over_both_
     def lines() -> list[dict[str, Any]]:
         return [line for n in notifiers for line in notifier_lines(n)]
 
-    await eventually(lambda: len({x["event_id"] for x in lines()}) >= total, timeout=180, what=f"{total} events")
+    await eventually(lambda: len({x["event_id"] for x in lines()}) >= total, within=180, what=f"{total} events")
     by_order = first_seen(lines())
     assert set(by_order) == set(expected)
     for order_id, events in by_order.items():
@@ -117,7 +117,7 @@ async def test_kill_9_of_the_relay_mid_batch_loses_no_event(namespace: Namespace
 
         relay = processes.start("loms", "relay", "--batch-size", "25", env=loms.env)
         published = lambda: sum(end_offsets(loms.settings).values())  # noqa: E731
-        await eventually(lambda: published() >= 300, timeout=60, what="the relay to publish a first part")
+        await eventually(lambda: published() >= 300, within=60, what="the relay to publish a first part")
         relay.kill()
         left = await pool.fetchval("SELECT count(*) FROM outbox")
         assert 0 < left < 3000, "the kill should land while the outbox is being drained"
@@ -130,8 +130,8 @@ async def test_kill_9_of_the_relay_mid_batch_loses_no_event(namespace: Namespace
     assert len(seen) >= len(wanted)  # duplicates allowed, recognisable by event_id
 
 
-async def _outbox_empty(pool: asyncpg.Pool, timeout: float = 120) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _outbox_empty(pool: asyncpg.Pool, within: float = 120) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while await pool.fetchval("SELECT count(*) FROM outbox"):
         assert asyncio.get_running_loop().time() < deadline, "the outbox never drained"
         await asyncio.sleep(0.1)

@@ -51,13 +51,16 @@ async def test_relay_publishes_the_outbox_in_order_keyed_by_order_and_then_empti
 async def test_an_event_whose_transaction_rolled_back_never_reaches_kafka(namespace: Namespace) -> None:
     loms = await prepare(namespace, "relay-rollback")
     async with postgres_pool(loms.settings.postgres) as pool:
-        conn: asyncpg.Connection
-        async with pool.acquire() as conn:
-            with pytest.raises(RuntimeError):
-                async with conn.transaction():
-                    order_id = await repo.insert_order(conn, user=1, items=[Item(1001, 1)])
-                    await repo.add_outbox(conn, [order_event(Order(order_id, 1, OrderStatus.NEW), OrderStatus.NEW)])
-                    raise RuntimeError("the request failed after writing")
+
+        async def write_then_fail() -> None:
+            conn: asyncpg.Connection
+            async with pool.acquire() as conn, conn.transaction():
+                order_id = await repo.insert_order(conn, user=1, items=[Item(1001, 1)])
+                await repo.add_outbox(conn, [order_event(Order(order_id, 1, OrderStatus.NEW), OrderStatus.NEW)])
+                raise RuntimeError("the request failed after writing")
+
+        with pytest.raises(RuntimeError):
+            await write_then_fail()
         committed = await service.create_order(pool=pool, user=2, items=[Item(1001, 1)])
         await run_relay(loms.settings, Shutdown(), burst=True)
     messages = await asyncio.to_thread(read_topic, loms.settings, expect=2, timeout=10)

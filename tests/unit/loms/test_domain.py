@@ -46,7 +46,7 @@ def test_every_other_transition_is_refused_naming_the_current_status(current: Or
 
 
 def test_terminal_statuses_allow_nothing() -> None:
-    assert TERMINAL == {S.FAILED, S.PAYED, S.CANCELLED}
+    assert {S.FAILED, S.PAYED, S.CANCELLED} == TERMINAL
     assert all(not ALLOWED[s] for s in TERMINAL)
 
 
