@@ -10,6 +10,8 @@ from orderly.stack.base import StackError
 from orderly.ingest import cli as ingest_cli
 from orderly.sums import cli as sums_cli
 from orderly.items import cli as items_cli
+from orderly.loms import cli as loms_cli
+from orderly.notifier import cli as notifier_cli
 from orderly.stack.cli import app as stack_app
 
 app = typer.Typer(help="orderly: reliable event-driven backend services.", no_args_is_help=True)
@@ -17,6 +19,9 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(ingest_cli.app, name="ingest")
 app.add_typer(sums_cli.app, name="sums")
 app.add_typer(items_cli.app, name="items")
+app.add_typer(loms_cli.app, name="loms")
+app.add_typer(notifier_cli.app, name="notifier")
+app.add_typer(kafka_cli.app, name="kafka")
 
 
 @app.command("up")

@@ -1,0 +1,186 @@
+"""The outbox relay: one active process (PostgreSQL advisory lock) moves committed events to Kafka, in id order.
+
+A batch is claimed in id order, produced by an idempotent producer keyed by order id, and deleted only after every
+message of it was acknowledged by the broker (acks=all). Any failure re-sends the same batch, in the same order, with a
+fresh producer: events are published at least once, and duplicates carry the same ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from confluent_kafka import KafkaError, Producer
+
+from orderly.loms.settings import LomsOptions, LomsSettings
+from orderly.platform.lifecycle import Shutdown
+from orderly.platform.pools import kafka_config
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_KEY = 0x6C6F6D7372  # "lomsr": the one-active-relay lock
+# After a stop request the relay keeps flushing the batch in flight for this long (the process drain is 10 s).
+STOP_FLUSH_SECONDS = 7.0
+
+
+class DeliveryFailedError(Exception):
+    """The broker did not acknowledge every message of a batch; the batch is sent again."""
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def producer_config(settings: LomsSettings) -> dict[str, Any]:
+    return dict(
+        kafka_config(
+            settings.kafka,
+            **{
+                "client.id": "loms-relay",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": settings.loms.message_timeout_ms,
+                # Java's partitioner, so other clients agree where an order's events live.
+                "partitioner": "murmur2_random",
+            },
+        )
+    )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    order_id: int
+    payload: bytes
+
+
+async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+    rows = await conn.fetch("SELECT id, order_id, payload::text AS payload FROM outbox ORDER BY id LIMIT $1", limit)
+    return [OutboxRow(r["id"], r["order_id"], r["payload"].encode()) for r in rows]
+
+
+async def delete_batch(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r.id for r in rows])
+
+
+async def publish(producer: Producer, topic: str, rows: Sequence[OutboxRow], *, shutdown: Shutdown) -> None:
+    """Produce the rows in order and wait for every acknowledgement; raise ``DeliveryFailedError`` on any error."""
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for row in rows:
+        while True:
+            try:
+                producer.produce(topic, value=row.payload, key=str(row.order_id).encode(), on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                await asyncio.to_thread(producer.poll, 0.1)
+    stop_seen: float | None = None
+    while len(producer) > 0:
+        await asyncio.to_thread(producer.flush, 0.5)
+        if shutdown.requested:
+            stop_seen = stop_seen or time.monotonic()
+            if time.monotonic() - stop_seen > STOP_FLUSH_SECONDS:
+                raise DeliveryFailedError(f"stopping with {len(producer)} messages unacknowledged")
+    if errors:
+        raise DeliveryFailedError(f"{len(errors)} of {len(rows)} messages failed, first: {errors[0]}")
+
+
+async def pump(
+    conn: asyncpg.Connection,
+    *,
+    settings: LomsSettings,
+    shutdown: Shutdown,
+    stats: RelayStats,
+    burst: bool = False,
+) -> None:
+    """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty)."""
+    options: LomsOptions = settings.loms
+    topic = settings.events_topic()
+    producer = Producer(producer_config(settings))
+    try:
+        while not shutdown.requested:
+            rows = await claim_batch(conn, options.batch_size)
+            if not rows:
+                if burst:
+                    return
+                await shutdown.sleep(options.idle_poll_seconds)
+                continue
+            try:
+                await publish(producer, topic, rows, shutdown=shutdown)
+            except DeliveryFailedError as exc:
+                stats.failed_batches += 1
+                log.warning(
+                    "batch not acknowledged; it will be sent again",
+                    extra={"first_id": rows[0].id, "rows": len(rows), "error": str(exc)},
+                )
+                # A fresh producer starts a new idempotence session; the old one may hold a fatal error.
+                producer.purge()
+                producer = Producer(producer_config(settings))
+                if await shutdown.sleep(options.retry_backoff_seconds):
+                    return
+                continue
+            await delete_batch(conn, rows)
+            stats.published += len(rows)
+            stats.batches += 1
+    finally:
+        await asyncio.to_thread(producer.flush, 2.0)
+
+
+async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool = False) -> RelayStats:
+    """Composition root of the relay: wait to be the active relay, then pump; reconnect after a lost connection."""
+    stats = RelayStats()
+    while not shutdown.requested:
+        try:
+            conn = await asyncpg.connect(settings.postgres.dsn())
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("cannot reach PostgreSQL; retrying", extra={"error": str(exc)})
+            await shutdown.sleep(settings.loms.retry_backoff_seconds)
+            continue
+        try:
+            if not await _become_active(conn, settings=settings, shutdown=shutdown):
+                return stats
+            log.info("relay active", extra={"topic": settings.events_topic()})
+            await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
+            if burst:
+                return stats
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})
+            await shutdown.sleep(settings.loms.retry_backoff_seconds)
+        finally:
+            await _close(conn)
+    log.info("relay stopped", extra={"published": stats.published, "batches": stats.batches})
+    return stats
+
+
+async def _become_active(conn: asyncpg.Connection, *, settings: LomsSettings, shutdown: Shutdown) -> bool:
+    """Hold the relay lock (session-level, so it goes away with a dead process's connection)."""
+    waiting_logged = False
+    while not shutdown.requested:
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+            return True
+        if not waiting_logged:
+            log.info("another relay is active; standing by")
+            waiting_logged = True
+        await shutdown.sleep(settings.loms.standby_poll_seconds)
+    return False
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except (OSError, TimeoutError, asyncpg.InterfaceError):
+        conn.terminate()

@@ -1,0 +1,97 @@
+"""The relay in-process against real PostgreSQL and Kafka: order, keys, deletion after acks, one active relay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from orderly.loms import repository as repo
+from orderly.loms import service
+from orderly.loms.domain import Item, Order, OrderStatus, order_event
+from orderly.loms.relay import RELAY_LOCK_KEY, run_relay
+from orderly.platform.lifecycle import Shutdown
+from orderly.platform.pools import postgres_pool
+from tests.loms_support import prepare, read_topic
+from tests.plumbing import Namespace
+
+
+async def test_relay_publishes_the_outbox_in_order_keyed_by_order_and_then_empties_it(namespace: Namespace) -> None:
+    loms = await prepare(namespace, "relay-order")
+    settings = loms.settings.model_copy(update={"loms": loms.settings.loms.model_copy(update={"batch_size": 7})})
+    async with postgres_pool(settings.postgres) as pool:
+        ids = []
+        for n in range(20):
+            created = await service.create_order(pool=pool, user=n + 1, items=[Item(1001, 1)])
+            ids.append(created.order_id)
+            if n % 2:
+                await service.pay_order(pool=pool, order_id=created.order_id)
+        expected = [r["event_id"] for r in await pool.fetch("SELECT event_id::text FROM outbox ORDER BY id")]
+        stats = await run_relay(settings, Shutdown(), burst=True)
+        assert stats.published == len(expected) == 50
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    messages = await asyncio.to_thread(read_topic, settings, expect=50)
+    assert len(messages) == 50
+    by_order: dict[int, list[tuple[int, int, str]]] = {}
+    for m in messages:
+        event = json.loads(m.value())
+        assert m.key() == str(event["order_id"]).encode()
+        by_order.setdefault(event["order_id"], []).append((m.partition(), m.offset(), event["status"]))
+    for order_id, seen in by_order.items():
+        assert len({p for p, _, _ in seen}) == 1, f"order {order_id} spread over partitions"
+        statuses = [s for _, _, s in sorted(seen)]
+        assert statuses[:2] == ["new", "awaiting payment"]
+    assert sorted(json.loads(m.value())["event_id"] for m in messages) == sorted(expected)
+    assert set(by_order) == set(ids)
+
+
+async def test_an_event_whose_transaction_rolled_back_never_reaches_kafka(namespace: Namespace) -> None:
+    loms = await prepare(namespace, "relay-rollback")
+    async with postgres_pool(loms.settings.postgres) as pool:
+
+        async def write_then_fail() -> None:
+            conn: asyncpg.Connection
+            async with pool.acquire() as conn, conn.transaction():
+                order_id = await repo.insert_order(conn, user=1, items=[Item(1001, 1)])
+                await repo.add_outbox(conn, [order_event(Order(order_id, 1, OrderStatus.NEW), OrderStatus.NEW)])
+                raise RuntimeError("the request failed after writing")
+
+        with pytest.raises(RuntimeError):
+            await write_then_fail()
+        committed = await service.create_order(pool=pool, user=2, items=[Item(1001, 1)])
+        await run_relay(loms.settings, Shutdown(), burst=True)
+    messages = await asyncio.to_thread(read_topic, loms.settings, expect=2, timeout=10)
+    assert Counter(json.loads(m.value())["order_id"] for m in messages) == {committed.order_id: 2}
+
+
+async def test_a_second_relay_stands_by_while_another_holds_the_lock(namespace: Namespace) -> None:
+    loms = await prepare(namespace, "relay-standby")
+    async with postgres_pool(loms.settings.postgres) as pool:
+        await service.create_order(pool=pool, user=1, items=[Item(1001, 1)])
+        async with pool.acquire() as holder:
+            assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+            shutdown = Shutdown()
+            standby = asyncio.create_task(run_relay(loms.settings, shutdown))
+            await asyncio.sleep(0)  # let it start; what follows waits on real conditions
+            for _ in range(40):
+                # The standby must not publish while the lock is held.
+                assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+                if await pool.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ) or await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_lock%'"
+                    " AND pid <> pg_backend_pid()"
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            await holder.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+            deadline = asyncio.get_running_loop().time() + 30
+            while await pool.fetchval("SELECT count(*) FROM outbox"):
+                assert asyncio.get_running_loop().time() < deadline, "the standby never took over"
+                await asyncio.sleep(0.05)
+            shutdown.request("test done")
+            stats = await standby
+    assert stats.published == 2
