@@ -6,13 +6,14 @@ from typing import Annotated
 
 import typer
 
-from orderly.stack.base import StackError
 from orderly.ingest import cli as ingest_cli
-from orderly.sums import cli as sums_cli
 from orderly.items import cli as items_cli
 from orderly.loms import cli as loms_cli
+from orderly.loms import kafka_cli
 from orderly.notifier import cli as notifier_cli
+from orderly.stack.base import StackError
 from orderly.stack.cli import app as stack_app
+from orderly.sums import cli as sums_cli
 
 app = typer.Typer(help="orderly: reliable event-driven backend services.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")

@@ -14,8 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import httpx
 import psutil
@@ -45,8 +44,13 @@ def all_processes() -> list[ProcessSpec]:
     return specs
 
 
-def _providers() -> list[Any]:
-    return []
+def _providers() -> list[Callable[[], list[ProcessSpec]]]:
+    from orderly.ingest import processes as ingest
+    from orderly.items import processes as items
+    from orderly.loms import processes as loms
+    from orderly.sums import processes as sums
+
+    return [ingest.processes, sums.processes, items.processes, loms.processes]
 
 
 def command_line(spec: ProcessSpec) -> list[str]:
