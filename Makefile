@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := uv
 RUN := $(UV) run --frozen
 
-.PHONY: help setup up down status test lint fmt unit integration e2e
+.PHONY: help setup up demo down status test lint fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ setup: ## install what is missing: Debian packages, Kafka jars (Maven), the Pyth
 
 up: setup ## start the local stack and every service; Ctrl-C stops them
 	$(RUN) orderly up
+
+demo: setup ## against the running system (started when needed), prove each promise: PASS or FAIL with evidence
+	$(RUN) orderly demo
 
 down: setup ## stop every server of the local stack
 	$(RUN) orderly stack down

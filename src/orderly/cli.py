@@ -52,5 +52,13 @@ def init_command() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("demo")
+def demo_command() -> None:
+    """Prove each headline promise against the running system (started when needed): PASS or FAIL with evidence."""
+    from orderly.demo import demo
+
+    raise typer.Exit(demo())
+
+
 def main() -> None:
     app()

@@ -15,10 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
 
 import httpx
 import psutil
 from honcho.manager import Manager
+from honcho.printer import Message, Printer
 from rich.console import Console
 from rich.table import Table
 
@@ -55,6 +58,32 @@ def _providers() -> list[Callable[[], list[ProcessSpec]]]:
 
 def command_line(spec: ProcessSpec) -> list[str]:
     return [sys.executable, "-m", "orderly", *spec.args]
+
+
+def output_dir(stack: Stack) -> Path:
+    """Where `orderly up` keeps a copy of each process's output: ``.stack/run/<process>.log``."""
+    return stack.root / "run"
+
+
+class TeePrinter(Printer):  # type: ignore[misc]
+    """honcho's coloured, prefixed terminal stream, plus each process's lines appended to a file of its own."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(sys.stdout)
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, TextIO] = {}
+
+    def write(self, message: Message) -> None:
+        super().write(message)
+        if message.type != "line" or message.name == "system":
+            return
+        file = self.files.get(message.name)
+        if file is None:
+            file = self.files[message.name] = (self.folder / f"{message.name}.log").open("a", encoding="utf-8")
+        data = message.data.decode("utf-8", "replace") if isinstance(message.data, bytes) else message.data
+        file.write(data)
+        file.flush()
 
 
 class OrderedManager(Manager):  # type: ignore[misc]
@@ -146,7 +175,7 @@ def up(*, stop_stack_on_exit: bool = True) -> int:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
             return 0
-        manager = OrderedManager()
+        manager = OrderedManager(TeePrinter(output_dir(stack)))
         for spec in services:
             manager.add_process(spec.name, subprocess.list2cmdline(command_line(spec)), env=_env(spec))
 

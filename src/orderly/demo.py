@@ -1,0 +1,254 @@
+"""`orderly demo`: a scripted tour of every headline promise against the running system, PASS or FAIL with evidence.
+
+It talks to the processes `orderly up` runs, over HTTP as a user would, and reads what they print from the copies
+`orderly up` keeps in ``.stack/run/<process>.log``. When the system is not running it starts it and stops it after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from orderly.platform.processes import ProcessSpec
+from orderly.runner import all_processes, output_dir, wait_ready
+from orderly.stack.manager import Stack
+
+console = Console(highlight=False)
+INGEST, SUMS, ITEMS, LOMS = 8101, (8201, 8202, 8203), 8301, 8401
+
+
+@dataclass
+class Verdict:
+    promise: str
+    ok: bool = True
+    evidence: list[str] = field(default_factory=list)
+
+    def check(self, condition: bool, evidence: str) -> None:
+        self.evidence.append(("ok   " if condition else "FAIL ") + evidence)
+        self.ok = self.ok and condition
+
+
+class OutputFiles:
+    """Lines a process printed after a given moment, read from `orderly up`'s copy of its output."""
+
+    def __init__(self, folder: Path, names: Iterable[str]) -> None:
+        self.paths = {name: folder / f"{name}.log" for name in names}
+        self.start = {name: (p.stat().st_size if p.exists() else 0) for name, p in self.paths.items()}
+
+    def records(self, must_have: str) -> list[tuple[str, dict[str, Any]]]:
+        found = []
+        for name, path in self.paths.items():
+            if not path.exists():
+                continue
+            with path.open("rb") as file:
+                file.seek(self.start[name])
+                for line in file.read().decode("utf-8", "replace").splitlines():
+                    text = line.strip()
+                    if text.startswith("{") and f'"{must_have}"' in text:
+                        try:
+                            found.append((name, json.loads(text)))
+                        except json.JSONDecodeError:
+                            continue
+        return found
+
+
+async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.25) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verdict:
+    verdict = Verdict("ingest: 1,000 concurrent requests come out of the daemon in acceptance order")
+    files = OutputFiles(out, ["ingest-daemon"])
+    timings: dict[str, tuple[float, float]] = {}
+
+    async def send(n: int) -> None:
+        sent = time.monotonic()
+        response = await http.get(f"http://127.0.0.1:{INGEST}/ingest", params={"n": [n, -n]})
+        if response.status_code == 202:
+            timings[response.json()["token"]] = (sent, time.monotonic())
+
+    await asyncio.gather(*(send(n) for n in range(1, 1001)))
+    verdict.check(len(timings) == 1000, f"{len(timings)}/1000 requests accepted (202)")
+
+    first_seen: dict[str, int] = {}
+
+    async def all_out() -> bool:
+        first_seen.clear()
+        events: dict[int, dict[str, Any]] = {}
+        for _, record in files.records("event_id"):
+            events.setdefault(record["event_id"], record)  # output is at-least-once: drop repeats by event_id
+        for event_id in sorted(events):
+            first_seen.setdefault(str(events[event_id]["token"]), event_id)
+        return all(token in first_seen for token in timings)
+
+    arrived = await poll(all_out, within=30)
+    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/1000 tokens in the daemon's output")
+    # For any two requests where one's response came before the other was sent, the first must come out first.
+    by_response = sorted(timings.items(), key=lambda kv: kv[1][1])
+    by_send = sorted(timings.items(), key=lambda kv: kv[1][0])
+    violations, pairs, best, i = 0, 0, -1, 0
+    for token, (sent, _) in by_send:
+        while i < len(by_response) and by_response[i][1][1] < sent:
+            best = max(best, first_seen.get(by_response[i][0], -1))
+            i += 1
+        pairs += i
+        if token in first_seen and best > first_seen[token]:
+            violations += 1
+    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs")
+    return verdict
+
+
+async def sums_applied_once(http: httpx.AsyncClient) -> Verdict:
+    verdict = Verdict("sums: 100 duplicate requests over 3 instances are applied once")
+    before = (await http.get(f"http://127.0.0.1:{SUMS[0]}/sum")).json()["sum"]
+    key = f"demo-{uuid.uuid4()}"
+    answers = await asyncio.gather(
+        *(
+            http.post(f"http://127.0.0.1:{SUMS[i % 3]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
+            for i in range(100)
+        )
+    )
+    codes = [a.status_code for a in answers]
+    bodies = {a.text for a in answers if a.status_code == 200}
+    verdict.check(set(codes) <= {200, 409}, f"answers: {codes.count(200)} x 200, {codes.count(409)} x 409")
+    verdict.check(len(bodies) == 1, f"every 200 carries the same body: {sorted(bodies)}")
+    replay = await http.post(f"http://127.0.0.1:{SUMS[2]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
+    verdict.check(replay.headers.get("Idempotent-Replayed") == "true", "a later repeat is a replay")
+    after = (await http.get(f"http://127.0.0.1:{SUMS[1]}/sum")).json()["sum"]
+    verdict.check(after - before == 7, f"sum {before} → {after} (grew by {after - before}, expected 7)")
+    return verdict
+
+
+async def items_cache_and_change_log(http: httpx.AsyncClient) -> Verdict:
+    verdict = Verdict("items: an update invalidates the cache and its event shows in /logs")
+    base = f"http://127.0.0.1:{ITEMS}"
+    name = f"demo {uuid.uuid4().hex[:8]}"
+    created = await http.post(f"{base}/item/create", params={"campaignId": 1}, json={"name": name})
+    verdict.check(created.status_code == 200, f"created item {created.json().get('id')}")
+    item = created.json()
+    page = {"limit": 1, "offset": 1}
+    total = (await http.get(f"{base}/items/list", params=page)).json()["meta"]["total"]
+    page["offset"] = total  # the newest item has the highest priority: the last row
+    await http.get(f"{base}/items/list", params=page)
+    cached = await http.get(f"{base}/items/list", params=page)
+    verdict.check(
+        cached.headers.get("X-Cache") == "hit", f"second read of the page: X-Cache {cached.headers.get('X-Cache')}"
+    )
+    renamed = f"{name} (renamed)"
+    update = await http.patch(f"{base}/item/update", params={"id": item["id"], "campaignId": 1}, json={"name": renamed})
+    verdict.check(update.status_code == 200, "updated the item's name")
+    fresh = await http.get(f"{base}/items/list", params=page)
+    names = [row["name"] for row in fresh.json()["items"]]
+    verdict.check(renamed in names, f"the next read shows the new name (X-Cache {fresh.headers.get('X-Cache')})")
+
+    async def logged() -> bool:
+        logs = (await http.get(f"{base}/logs", params={"itemId": item["id"], "limit": 10})).json()
+        return len(logs.get("logs", [])) >= 2
+
+    verdict.check(await poll(logged, within=20), "create and update are in /logs (ClickHouse, through NATS)")
+    return verdict
+
+
+async def loms_events_in_order(http: httpx.AsyncClient, out: Path) -> Verdict:
+    verdict = Verdict("loms: 200 orders' events reach the notifiers in per-order order, 2 of 3 notifiers active")
+    files = OutputFiles(out, ["notifier-1", "notifier-2", "notifier-3"])
+    base = f"http://127.0.0.1:{LOMS}"
+    rng = random.Random(7)  # noqa: S311 - a repeatable demo, not security
+    expected: dict[int, list[str]] = {}
+
+    async def order(n: int) -> None:
+        created = await http.post(
+            f"{base}/order/create", json={"user": n, "items": [{"sku": 1001 + n % 5, "count": 1}]}
+        )
+        order_id = created.json()["orderID"]
+        action = rng.choice(["pay", "cancel"])
+        await http.post(f"{base}/order/{action}", json={"orderID": order_id})
+        status = (await http.post(f"{base}/order/info", json={"orderID": order_id})).json()["status"]
+        expected[order_id] = ["new", status] if status == "failed" else ["new", "awaiting payment", status]
+
+    await asyncio.gather(*(order(n) for n in range(200)))
+    verdict.check(len(expected) == 200, f"{len(expected)} orders created and paid or cancelled")
+    seen: dict[int, list[tuple[int, int, str]]] = {}
+    instances: set[str] = set()
+
+    async def delivered() -> bool:
+        seen.clear()
+        unique: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, record in files.records("order_id"):
+            if record.get("order_id") in expected and "partition" in record:
+                unique[record.get("event_id")] = (name, record)
+        for name, record in unique.values():
+            instances.add(name)
+            seen.setdefault(record["order_id"], []).append((record["partition"], record["offset"], record["status"]))
+        return all(len(seen.get(o, [])) >= len(statuses) for o, statuses in expected.items())
+
+    verdict.check(await poll(delivered, within=30), f"events of {len(seen)}/200 orders printed by the notifiers")
+    wrong = [o for o, statuses in expected.items() if [s for *_, s in sorted(seen.get(o, []))] != statuses]
+    verdict.check(not wrong, f"{len(wrong)} orders with events out of order (expected new → awaiting payment → end)")
+    verdict.check(len(instances) == 2, f"notifiers that printed: {sorted(instances)} (2 partitions → 2 active)")
+    return verdict
+
+
+def system_is_up(specs: list[ProcessSpec]) -> bool:
+    return not wait_ready(specs, timeout=2)
+
+
+async def tour(out: Path) -> list[Verdict]:
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        return [
+            await ingest_in_acceptance_order(http, out),
+            await sums_applied_once(http),
+            await items_cache_and_change_log(http),
+            await loms_events_in_order(http, out),
+        ]
+
+
+def demo() -> int:
+    started = time.monotonic()
+    stack = Stack()
+    specs = [spec for spec in all_processes() if not spec.init]
+    runner: subprocess.Popen[bytes] | None = None
+    if not system_is_up(specs):
+        console.print("the system is not running: starting `orderly up` (its output goes to .stack/run/up.log)")
+        output_dir(stack).mkdir(parents=True, exist_ok=True)
+        with (output_dir(stack) / "up.log").open("ab") as log:
+            runner = subprocess.Popen([sys.executable, "-m", "orderly", "up"], stdout=log, stderr=subprocess.STDOUT)
+        if wait_ready(specs, timeout=180):
+            console.print("[red]the system did not get ready; see .stack/run/up.log[/]")
+            runner.send_signal(signal.SIGINT)
+            runner.wait(120)
+            return 1
+    try:
+        verdicts = asyncio.run(tour(output_dir(stack)))
+    finally:
+        if runner is not None:
+            runner.send_signal(signal.SIGINT)
+            runner.wait(120)
+    for verdict in verdicts:
+        console.print(
+            f"[bold {'green' if verdict.ok else 'red'}]{'PASS' if verdict.ok else 'FAIL'}[/] {verdict.promise}"
+        )
+        for line in verdict.evidence:
+            console.print(f"      {line}")
+    passed = sum(v.ok for v in verdicts)
+    console.print(f"{passed}/{len(verdicts)} promises passed in {time.monotonic() - started:.0f} s")
+    return 0 if passed == len(verdicts) else 1
