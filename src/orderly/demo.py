@@ -194,7 +194,7 @@ async def loms_events_in_order(http: httpx.AsyncClient, out: Path) -> Verdict:
         unique: dict[str, tuple[str, dict[str, Any]]] = {}
         for name, record in files.records("order_id"):
             if record.get("order_id") in expected and "partition" in record:
-                unique[record.get("event_id")] = (name, record)
+                unique[str(record.get("event_id"))] = (name, record)
         for name, record in unique.values():
             instances.add(name)
             seen.setdefault(record["order_id"], []).append((record["partition"], record["offset"], record["status"]))
