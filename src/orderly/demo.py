@@ -217,7 +217,7 @@ async def guarded(promise: str, check: Awaitable[Verdict]) -> Verdict:
     """A check that crashes is a FAIL with the error as its evidence, never a traceback."""
     try:
         return await check
-    except Exception as error:  # noqa: BLE001 - the demo reports, it does not crash
+    except Exception as error:
         return Verdict(promise, ok=False, evidence=[f"FAIL {type(error).__name__}: {error}"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -99,14 +100,38 @@ class OrderedManager(Manager):  # type: ignore[misc]
             if pid is None or "returncode" in entry:
                 continue
             self._system_print(f"stopping {name} (pid {pid})\n")
+            if not stop_group(pid, DRAIN_SECONDS):
+                self._system_print(f"{name} did not stop within {DRAIN_SECONDS:.0f} s, killed it\n")
+
+
+def stop_group(pid: int, drain_seconds: float) -> bool:
+    """SIGTERM a process group (honcho starts each process in its own), SIGKILL it after the drain deadline.
+
+    Returns whether everything in the group exited within the deadline. Zombies count as exited: their parent, a
+    honcho worker, reaps them.
+    """
+    try:
+        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        os.killpg(pid, signal.SIGTERM)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return True
+
+    def running() -> list[psutil.Process]:
+        alive = []
+        for member in members:
             with contextlib.suppress(psutil.NoSuchProcess):
-                proc = psutil.Process(pid)
-                proc.terminate()
-                try:
-                    proc.wait(DRAIN_SECONDS)
-                except psutil.TimeoutExpired:
-                    self._system_print(f"{name} did not stop within {DRAIN_SECONDS:.0f} s, killing it\n")
-                    proc.kill()
+                if member.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(member)
+        return alive
+
+    deadline = time.monotonic() + drain_seconds
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not running():
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return False
 
 
 def endpoints_table(specs: Sequence[ProcessSpec], infra: InfraSettings) -> Table:
@@ -177,7 +202,8 @@ def up(*, stop_stack_on_exit: bool = True) -> int:
             return 0
         manager = OrderedManager(TeePrinter(output_dir(stack)))
         for spec in services:
-            manager.add_process(spec.name, subprocess.list2cmdline(command_line(spec)), env=_env(spec))
+            # `exec` replaces honcho's shell with the process itself, so signals reach it directly.
+            manager.add_process(spec.name, "exec " + shlex.join(command_line(spec)), env=_env(spec))
 
         def announce() -> None:
             late = wait_ready(services)
