@@ -29,13 +29,13 @@ def quote(part: str) -> str:
 
 
 class PostgresSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=25432, ge=1, le=65535)
-    user: str = "postgres"
-    password: SecretStr = SecretStr("")
-    database: str = "orderly"
-    pool_min: int = Field(default=1, ge=0)
-    pool_max: int = Field(default=10, ge=1)
+    host: str = Field(default=LOOPBACK, description="PostgreSQL host")
+    port: int = Field(default=25432, ge=1, le=65535, description="PostgreSQL port")
+    user: str = Field(default="postgres", description="PostgreSQL user")
+    password: SecretStr = Field(default=SecretStr(""), description="PostgreSQL password")
+    database: str = Field(default="orderly", description="database of the service")
+    pool_min: int = Field(default=1, ge=0, description="connections kept open per process")
+    pool_max: int = Field(default=10, ge=1, description="most connections per process")
 
     def dsn(self, database: str | None = None) -> str:
         auth = quote(self.user)
@@ -45,21 +45,21 @@ class PostgresSettings(BaseModel):
 
 
 class MySQLSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=23306, ge=1, le=65535)
-    user: str = "root"
-    password: SecretStr = SecretStr("")
-    database: str = "orderly"
-    pool_min: int = Field(default=1, ge=0)
-    pool_max: int = Field(default=10, ge=1)
+    host: str = Field(default=LOOPBACK, description="MySQL/MariaDB host")
+    port: int = Field(default=23306, ge=1, le=65535, description="MySQL/MariaDB port")
+    user: str = Field(default="root", description="MySQL user")
+    password: SecretStr = Field(default=SecretStr(""), description="MySQL password")
+    database: str = Field(default="orderly", description="database of the service")
+    pool_min: int = Field(default=1, ge=0, description="connections kept open per process")
+    pool_max: int = Field(default=10, ge=1, description="most connections per process")
 
 
 class RedisSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=26379, ge=1, le=65535)
-    db: int = Field(default=0, ge=0, le=15)
-    password: SecretStr = SecretStr("")
-    key_prefix: str = "orderly:"
+    host: str = Field(default=LOOPBACK, description="Redis host")
+    port: int = Field(default=26379, ge=1, le=65535, description="Redis port")
+    db: int = Field(default=0, ge=0, le=15, description="Redis logical database")
+    password: SecretStr = Field(default=SecretStr(""), description="Redis password")
+    key_prefix: str = Field(default="orderly:", description="prefix of every key the services write")
 
     def url(self) -> str:
         secret = self.password.get_secret_value()
@@ -68,14 +68,16 @@ class RedisSettings(BaseModel):
 
 
 class RabbitMQSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=15682, ge=1, le=65535)
-    management_port: int = Field(default=15683, ge=1, le=65535)
-    distribution_port: int = Field(default=15684, ge=1, le=65535)  # Erlang distribution (CLI tools use +1…+11)
-    epmd_port: int = Field(default=14369, ge=1, le=65535)
-    user: str = "guest"
-    password: SecretStr = SecretStr("guest")
-    vhost: str = "/"
+    host: str = Field(default=LOOPBACK, description="RabbitMQ host")
+    port: int = Field(default=15682, ge=1, le=65535, description="AMQP port")
+    management_port: int = Field(default=15683, ge=1, le=65535, description="management HTTP API port")
+    distribution_port: int = Field(
+        default=15684, ge=1, le=65535
+    )  # Erlang distribution (CLI tools use +1…+11, description="Erlang distribution port (local stack only)")
+    epmd_port: int = Field(default=14369, ge=1, le=65535, description="epmd port (local stack only)")
+    user: str = Field(default="guest", description="RabbitMQ user")
+    password: SecretStr = Field(default=SecretStr("guest"), description="RabbitMQ password")
+    vhost: str = Field(default="/", description="RabbitMQ virtual host")
 
     def url(self) -> str:
         secret = quote(self.password.get_secret_value())
@@ -83,29 +85,29 @@ class RabbitMQSettings(BaseModel):
 
 
 class NatsSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=24222, ge=1, le=65535)
-    monitor_port: int = Field(default=28222, ge=1, le=65535)
-    stream_prefix: str = ""
+    host: str = Field(default=LOOPBACK, description="NATS host")
+    port: int = Field(default=24222, ge=1, le=65535, description="NATS client port")
+    monitor_port: int = Field(default=28222, ge=1, le=65535, description="NATS monitoring port")
+    stream_prefix: str = Field(default="", description="prefix of every JetStream stream name")
 
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
 
 class ClickHouseSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=29000, ge=1, le=65535)
-    http_port: int = Field(default=28123, ge=1, le=65535)
-    user: str = "default"
-    password: SecretStr = SecretStr("")
-    database: str = "orderly"
+    host: str = Field(default=LOOPBACK, description="ClickHouse host")
+    port: int = Field(default=29000, ge=1, le=65535, description="native protocol port")
+    http_port: int = Field(default=28123, ge=1, le=65535, description="HTTP port")
+    user: str = Field(default="default", description="ClickHouse user")
+    password: SecretStr = Field(default=SecretStr(""), description="ClickHouse password")
+    database: str = Field(default="orderly", description="database of the change log")
 
 
 class KafkaSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=29092, ge=1, le=65535)
-    controller_port: int = Field(default=29093, ge=1, le=65535)
-    topic_prefix: str = ""
+    host: str = Field(default=LOOPBACK, description="Kafka bootstrap host")
+    port: int = Field(default=29092, ge=1, le=65535, description="Kafka bootstrap port")
+    controller_port: int = Field(default=29093, ge=1, le=65535, description="KRaft controller port (local stack only)")
+    topic_prefix: str = Field(default="", description="prefix of every topic and consumer group name")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -113,14 +115,14 @@ class KafkaSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    host: str = LOOPBACK
-    port: int = Field(default=8000, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    host: str = Field(default=LOOPBACK, description="address an API binds")
+    port: int = Field(default=8000, ge=1, le=65535, description="port an API binds (each service has its own default)")
+    workers: int = Field(default=1, ge=1, le=64, description="HTTP worker processes")
 
 
 class LogSettings(BaseModel):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    format: Literal["json", "text"] = Field(default="json", description="json (one object per line on stderr) or text")
 
 
 def config_file() -> Path:
