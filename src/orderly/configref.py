@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
@@ -63,3 +64,17 @@ def reference() -> str:
         parts.append("")
     parts.append(END)
     return "\n".join(parts)
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the README's generated section; returns whether it changed."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    updated = text[:start] + reference() + text[end:]
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+if __name__ == "__main__":
+    update_readme(Path(__file__).resolve().parents[2] / "README.md")
