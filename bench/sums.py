@@ -1,6 +1,6 @@
 """Benchmark of the sums service (`make bench-sums`): batched vs the seed's reference design vs a raw SQL loop.
 
-Each mode gets a fresh MySQL database and Redis prefix on the local stack, three API instances on 8201-8203, and
+Each mode gets a fresh MySQL database and Redis prefix on the local stack, three API instances on free ports, and
 wrk (one process per instance, 64 connections in all) sending 50,000 requests: 90 % new keys, 10 % repeats of recent
 keys (often concurrent with the first). Afterwards exactly-once is checked: the final sum must equal the sum of the
 numbers of the keys that were applied (a key's number is a function of its name). The raw loop is 16 clients each
@@ -34,7 +34,24 @@ from orderly.platform.settings import InfraSettings
 from orderly.sums.cli import migrate_database
 
 ROOT = Path(__file__).resolve().parent
-PORTS = (8201, 8202, 8203)
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """Ports nobody listens on: 8201-8203 may be serving `orderly up` (granian binds with SO_REUSEPORT, so a second
+    server on the same port silently shares its connections)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(int(sock.getsockname()[1]) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+PORTS = free_ports(3)
 RESULT = re.compile(r"^RESULT (\{.*\})$", re.MULTILINE)
 SUM_COUNTER = re.compile(r'^http_requests_total\{[^}]*route="/sum"[^}]*\} (\S+)$', re.MULTILINE)
 
