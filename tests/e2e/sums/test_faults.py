@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from orderly.platform.settings import InfraSettings
-from tests.e2e.sums.conftest import Cluster, Http, start_cluster
+from orderly.sums.cli import migrate_database
+from tests.e2e.sums.conftest import Cluster, Http, Reply, start_cluster
 from tests.plumbing import Processes, ScratchStack, Spawned, free_port
 
 pytestmark = pytest.mark.slow
@@ -143,3 +144,44 @@ async def test_with_redis_unreachable_concurrent_repeats_are_applied_once_throug
     reused = await client.get(f"{cluster.url(0)}/sum", params={"number": 8, "ikey": key})
     assert reused.status_code == 422
     assert await cluster.total(client) == before + 9
+
+
+async def test_mysql_killed_answers_503_with_nothing_applied_and_the_retry_applies_once(
+    processes: Processes, sums_infra: InfraSettings, client: Http, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    scratch = scratch_stack("sums-mysql", "mariadb")
+    scratch.up()
+    settings = sums_infra.model_copy(update={"mysql": scratch.settings.mysql})
+    await migrate_database(settings.mysql)
+    cluster = start_cluster(processes, settings)
+    key = "outage-" + secrets.token_hex(6)
+    first = await client.get(f"{cluster.url(0)}/sum", params={"number": 5})
+    assert first.content == b'{"sum":5}'
+
+    await asyncio.to_thread(scratch.kill, "mariadb")
+    refused = await client.get(f"{cluster.url(1)}/sum", params={"number": 7, "ikey": key})
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"]
+    direct = aioredis.Redis.from_url(settings.redis.url())
+    try:
+        assert await direct.exists(f"{settings.redis.key_prefix}sums:ikey:{key}") == 0, "the mark was released"
+    finally:
+        await direct.aclose()
+
+    await asyncio.to_thread(scratch.up, "mariadb")
+    retry = await retry_while_unavailable(client, f"{cluster.url(2)}/sum", {"number": 7, "ikey": key})
+    assert retry.status_code == 200
+    assert retry.content == b'{"sum":12}'
+    again = await client.get(f"{cluster.url(0)}/sum", params={"number": 7, "ikey": key})
+    assert again.content == retry.content
+    assert await cluster.total(client) == 12
+
+
+async def retry_while_unavailable(client: Http, url: str, params: dict[str, str | int]) -> Reply:
+    """Repeat a request while the service answers 503 (MySQL coming back), up to a deadline."""
+    async with asyncio.timeout(30):
+        while True:
+            reply = await client.get(url, params=params)
+            if reply.status_code != 503:
+                return reply
+            await asyncio.sleep(0.2)
