@@ -38,6 +38,14 @@ class RelayStats:
     batches: int = 0
     failed_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    first_claim_at: float | None = None  # the first non-empty claim: draining time starts here
+    last_delete_at: float | None = None
+
+    @property
+    def drain_seconds(self) -> float | None:
+        if self.first_claim_at is None or self.last_delete_at is None:
+            return None
+        return self.last_delete_at - self.first_claim_at
 
 
 def producer_config(settings: LomsSettings) -> dict[str, Any]:
@@ -114,6 +122,8 @@ async def pump(
     try:
         while not shutdown.requested:
             rows = await claim_batch(conn, options.batch_size)
+            if rows and stats.first_claim_at is None:
+                stats.first_claim_at = time.monotonic()
             if not rows:
                 if burst:
                     return
@@ -134,6 +144,7 @@ async def pump(
                     return
                 continue
             await delete_batch(conn, rows)
+            stats.last_delete_at = time.monotonic()
             stats.published += len(rows)
             stats.batches += 1
     finally:
@@ -156,6 +167,7 @@ async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool =
             log.info("relay active", extra={"topic": settings.events_topic()})
             await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
             if burst:
+                log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
                 return stats
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})
