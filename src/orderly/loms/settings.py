@@ -35,3 +35,13 @@ class LomsSettings(OrderlySettings):
 
     def dlq_topic(self) -> str:
         return self.kafka.topic_prefix + DLQ_TOPIC
+
+
+def loms_settings(**flags: object) -> LomsSettings:
+    """Settings from the file, then the environment, then the command-line flags that were given (not None)."""
+    settings = LomsSettings()
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if not changes:
+        return settings
+    options = LomsOptions.model_validate(settings.loms.model_dump() | changes)
+    return settings.model_copy(update={"loms": options})
