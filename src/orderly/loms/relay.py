@@ -72,9 +72,16 @@ class OutboxRow:
     payload: bytes
 
 
-async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
-    rows = await conn.fetch("SELECT id, order_id, payload::text AS payload FROM outbox ORDER BY id LIMIT $1", limit)
+async def claim_batch(conn: asyncpg.Connection, limit: int, *, after: int = 0) -> list[OutboxRow]:
+    rows = await conn.fetch(
+        "SELECT id, order_id, payload::text AS payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1", limit, after
+    )
     return [OutboxRow(r["id"], r["order_id"], r["payload"].encode()) for r in rows]
+
+
+async def late_rows_below(conn: asyncpg.Connection, last_id: int) -> bool:
+    """Whether a row with an id up to ``last_id`` became visible after its neighbours were claimed (a late commit)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1)", last_id))
 
 
 async def delete_batch(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
@@ -115,22 +122,40 @@ async def pump(
     stats: RelayStats,
     burst: bool = False,
 ) -> None:
-    """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty)."""
+    """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty).
+
+    While a batch waits for its acknowledgements the next one is read ahead (ids above the batch). The read-ahead is
+    used only if, after the delete, no row at or below the batch's last id is visible: such a row is a transaction
+    that committed late with a lower id, and it must go out before anything newer, so the relay then claims again
+    from the lowest id. (A later event of the same order always has a higher id than the late row, because the
+    order's row lock serialises its transitions, so it cannot be in the read-ahead unless the late row is visible.)
+    """
     options: LomsOptions = settings.loms
     topic = settings.events_topic()
     producer = Producer(producer_config(settings))
+    rows: list[OutboxRow] = []
     try:
         while not shutdown.requested:
-            rows = await claim_batch(conn, options.batch_size)
-            if rows and stats.first_claim_at is None:
-                stats.first_claim_at = time.monotonic()
             if not rows:
-                if burst:
-                    return
-                await shutdown.sleep(options.idle_poll_seconds)
-                continue
+                rows = await claim_batch(conn, options.batch_size)
+                if not rows:
+                    if burst:
+                        return
+                    await shutdown.sleep(options.idle_poll_seconds)
+                    continue
+            if stats.first_claim_at is None:
+                stats.first_claim_at = time.monotonic()
+            sending = asyncio.create_task(publish(producer, topic, rows, shutdown=shutdown))
             try:
-                await publish(producer, topic, rows, shutdown=shutdown)
+                ahead = await claim_batch(conn, options.batch_size, after=rows[-1].id)
+            except BaseException:
+                await asyncio.wait({sending})  # the batch stays in the outbox; the next relay session re-sends it
+                if not sending.cancelled():
+                    sending.exception()
+                raise
+            await asyncio.wait({sending})
+            try:
+                sending.result()
             except DeliveryFailedError as exc:
                 stats.failed_batches += 1
                 log.warning(
@@ -140,6 +165,7 @@ async def pump(
                 # A fresh producer starts a new idempotence session; the old one may hold a fatal error.
                 producer.purge()
                 producer = Producer(producer_config(settings))
+                rows = []  # claim again from the lowest id: the same batch, in the same order
                 if await shutdown.sleep(options.retry_backoff_seconds):
                     return
                 continue
@@ -147,6 +173,7 @@ async def pump(
             stats.last_delete_at = time.monotonic()
             stats.published += len(rows)
             stats.batches += 1
+            rows = [] if await late_rows_below(conn, rows[-1].id) else ahead
     finally:
         await asyncio.to_thread(producer.flush, 2.0)
 
