@@ -16,7 +16,7 @@ API_PORT = 8401
 class LomsOptions(BaseModel):
     """The relay's knobs; the topic names get ``kafka.topic_prefix`` prepended."""
 
-    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    batch_size: int = Field(default=5000, ge=1, le=50_000)
     idle_poll_seconds: float = Field(default=0.05, gt=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, gt=0, le=60)
     flush_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
