@@ -31,7 +31,7 @@ import psutil
 from confluent_kafka import Producer
 
 from orderly.loms.kafka_admin import admin_client, init_topics
-from orderly.loms.relay import producer_config
+from orderly.loms.relay import claim_batch, delete_batch, producer_config
 from orderly.loms.schema import migrate
 from orderly.loms.settings import LomsSettings
 from orderly.platform.settings import InfraSettings
@@ -167,15 +167,12 @@ async def relay_run(conn: asyncpg.Connection, settings: LomsSettings, *, count: 
 
 
 async def raw_pg_loop(conn: asyncpg.Connection, *, count: int, batch: int) -> dict[str, Any]:
-    """Claim-and-delete alone: what the relay costs PostgreSQL with Kafka taken out."""
+    """The relay's PostgreSQL half alone: its own claim and delete statements in a loop, with Kafka taken out."""
     await fill(conn, count, first_order=secrets.randbelow(10**9))
     started = time.perf_counter()
     moved = 0
-    while True:
-        rows = await conn.fetch("SELECT id, order_id, payload::text AS payload FROM outbox ORDER BY id LIMIT $1", batch)
-        if not rows:
-            break
-        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+    while rows := await claim_batch(conn, batch):
+        await delete_batch(conn, rows)
         moved += len(rows)
     seconds = time.perf_counter() - started
     return {"events": moved, "batch_size": batch, "seconds": round(seconds, 3), "events_per_s": round(moved / seconds)}

@@ -146,7 +146,8 @@ async def test_kafka_down_for_10_s_the_api_keeps_succeeding_and_every_event_arri
     loms: Loms = await prepare(namespace, "outage", kafka=scratch.settings.kafka)
     port = free_port()
     api: Spawned = processes.start("loms", "api", "--port", str(port), env=loms.env)
-    processes.start("loms", "relay", env=loms.env)
+    # A short delivery timeout, so batches fail during the outage and the retry path is exercised too.
+    relay = processes.start("loms", "relay", env={**loms.env, "ORDERLY_LOMS__MESSAGE_TIMEOUT_MS": "3000"})
     api.wait_http_ready(port)
     expected: dict[int, list[str]] = {}
     url = f"http://127.0.0.1:{port}"
@@ -174,3 +175,4 @@ async def test_kafka_down_for_10_s_the_api_keeps_succeeding_and_every_event_arri
             seen.add(event["event_id"])
             got[event["order_id"]].append(event["status"])
     assert dict(got) == expected
+    assert any("batch not acknowledged" in line for line in relay.errors), "no batch failed during the outage"
