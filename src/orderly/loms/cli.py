@@ -11,14 +11,6 @@ import typer
 app = typer.Typer(help="loms: orders, stock reservation, the outbox relay to Kafka.", no_args_is_help=True)
 
 
-def _settings(**loms_flags: object) -> object:
-    from orderly.loms.settings import LomsSettings
-
-    settings = LomsSettings()
-    changes = {k: v for k, v in loms_flags.items() if v is not None}
-    return settings.model_copy(update={"loms": settings.loms.model_copy(update=changes)}) if changes else settings
-
-
 @app.command()
 def api(
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8401)")] = None,
@@ -40,12 +32,11 @@ def relay(
 ) -> None:
     """Publish outbox events to Kafka (one active relay; others stand by)."""
     from orderly.loms.relay import run_relay
-    from orderly.loms.settings import LomsSettings
+    from orderly.loms.settings import loms_settings
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
-    settings = _settings(batch_size=batch_size)
-    assert isinstance(settings, LomsSettings)
+    settings = loms_settings(batch_size=batch_size)
     configure_logging(settings.log, process="loms-relay")
 
     async def main(shutdown: Shutdown) -> None:

@@ -118,11 +118,13 @@ def group_status(admin: AdminClient, group_id: str, high: dict[tuple[str, int], 
     request = [ConsumerGroupTopicPartitions(group_id)]
     offsets = admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT)[group_id].result()
     for tp in offsets.topic_partitions:
-        key = (tp.topic, tp.partition)
         if tp.offset >= 0:
-            status.committed[key] = tp.offset
-        end = high.get(key)
-        status.lag[key] = None if end is None or tp.offset < 0 else end - tp.offset
+            status.committed[(tp.topic, tp.partition)] = tp.offset
+    # Every partition of a topic the group reads or has read; no commit yet means the lag is unknown (None).
+    topics = {t for t, _ in status.committed} | {t for m in status.members for t, _ in m.assignment}
+    for key in sorted(k for k in high if k[0] in topics) or sorted(status.committed):
+        committed, end = status.committed.get(key), high.get(key)
+        status.lag[key] = None if committed is None or end is None else end - committed
     return status
 
 
@@ -139,5 +141,10 @@ def cluster_status(settings: KafkaSettings) -> dict[str, Any]:
         topics[name] = parts
         high.update({(name, p.partition): p.high for p in parts})
     listing = admin.list_consumer_groups(request_timeout=TIMEOUT).result()
-    groups = [group_status(admin, g.group_id, high) for g in sorted(listing.valid, key=lambda g: g.group_id)]
+    groups = []
+    for listed in sorted(listing.valid, key=lambda g: g.group_id):
+        try:
+            groups.append(group_status(admin, listed.group_id, high))
+        except KafkaException as exc:  # a group that vanished or is mid-rebalance must not hide the others
+            groups.append(GroupStatus(listed.group_id, f"ERROR {exc.args[0].str()}"))
     return {"topics": topics, "groups": groups}

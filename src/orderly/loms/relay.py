@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from confluent_kafka import KafkaError, Producer
@@ -38,6 +38,14 @@ class RelayStats:
     batches: int = 0
     failed_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    first_claim_at: float | None = None  # the first non-empty claim: draining time starts here
+    last_delete_at: float | None = None
+
+    @property
+    def drain_seconds(self) -> float | None:
+        if self.first_claim_at is None or self.last_delete_at is None:
+            return None
+        return self.last_delete_at - self.first_claim_at
 
 
 def producer_config(settings: LomsSettings) -> dict[str, Any]:
@@ -57,20 +65,32 @@ def producer_config(settings: LomsSettings) -> dict[str, Any]:
     )
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    order_id: int
-    payload: bytes
+class OutboxRow(Protocol):
+    """A claimed outbox row as asyncpg returns it: id, Kafka key and value already as bytes (no per-row Python work)."""
+
+    def __getitem__(self, column: str) -> Any: ...
 
 
-async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
-    rows = await conn.fetch("SELECT id, order_id, payload::text AS payload FROM outbox ORDER BY id LIMIT $1", limit)
-    return [OutboxRow(r["id"], r["order_id"], r["payload"].encode()) for r in rows]
+CLAIM_SQL = """
+SELECT id, convert_to(order_id::text, 'UTF8') AS key, convert_to(payload::text, 'UTF8') AS value
+  FROM outbox WHERE id > $2 ORDER BY id LIMIT $1
+"""
+
+
+async def claim_batch(conn: asyncpg.Connection, limit: int, *, after: int = 0) -> list[OutboxRow]:
+    rows: list[OutboxRow] = await conn.fetch(CLAIM_SQL, limit, after)
+    return rows
 
 
 async def delete_batch(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r.id for r in rows])
+    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+
+
+async def late_rows_below(conn: asyncpg.Connection, batch: Sequence[OutboxRow]) -> bool:
+    """Whether a row with an id up to the batch's last one, other than the batch's own (not yet deleted) rows, is
+    visible: a transaction that committed late with a lower id."""
+    visible: int = await conn.fetchval("SELECT count(*) FROM outbox WHERE id <= $1", batch[-1]["id"])
+    return visible > len(batch)
 
 
 async def publish(producer: Producer, topic: str, rows: Sequence[OutboxRow], *, shutdown: Shutdown) -> None:
@@ -84,7 +104,7 @@ async def publish(producer: Producer, topic: str, rows: Sequence[OutboxRow], *, 
     for row in rows:
         while True:
             try:
-                producer.produce(topic, value=row.payload, key=str(row.order_id).encode(), on_delivery=delivered)
+                producer.produce(topic, value=row["value"], key=row["key"], on_delivery=delivered)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 await asyncio.to_thread(producer.poll, 0.1)
@@ -107,37 +127,81 @@ async def pump(
     stats: RelayStats,
     burst: bool = False,
 ) -> None:
-    """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty)."""
+    """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty).
+
+    Batches go out strictly one after another: the next batch is produced only after every message of the current
+    one was acknowledged, so a failed batch can never be overtaken. The database work overlaps the wait for
+    acknowledgements: while batch N is in flight, batch N-1 (acknowledged) is deleted and batch N+1 is read ahead
+    (ids above N). The read-ahead is used only if, once N is acknowledged, no row at or below N's last id is visible
+    besides N's own: such a row is a transaction that committed late with a lower id, and it must go out before
+    anything newer, so the relay then claims again from the lowest id. (A later event of the same order always has a
+    higher id than the late row and is inserted after it committed, because the order's row lock serialises its
+    transitions; so it cannot be in a read-ahead taken while the late row was still invisible.)
+    """
     options: LomsOptions = settings.loms
     topic = settings.events_topic()
     producer = Producer(producer_config(settings))
+    rows: Sequence[OutboxRow] = []
+    acked: Sequence[OutboxRow] = []  # acknowledged, not yet deleted
+
+    async def delete_acked() -> None:
+        nonlocal acked
+        if acked:
+            await delete_batch(conn, acked)
+            stats.last_delete_at = time.monotonic()
+            acked = []
+
     try:
         while not shutdown.requested:
-            rows = await claim_batch(conn, options.batch_size)
             if not rows:
-                if burst:
-                    return
-                await shutdown.sleep(options.idle_poll_seconds)
-                continue
+                await delete_acked()  # before claiming from the lowest id, or they would be claimed again
+                rows = await claim_batch(conn, options.batch_size)
+                if not rows:
+                    if burst:
+                        return
+                    await shutdown.sleep(options.idle_poll_seconds)
+                    continue
+            if stats.first_claim_at is None:
+                stats.first_claim_at = time.monotonic()
+            sending = asyncio.create_task(publish(producer, topic, rows, shutdown=shutdown))
             try:
-                await publish(producer, topic, rows, shutdown=shutdown)
+                await delete_acked()
+                ahead = await claim_batch(conn, options.batch_size, after=rows[-1]["id"])
+            except BaseException:
+                await asyncio.wait({sending})  # the batch stays in the outbox; the next relay session re-sends it
+                if not sending.cancelled():
+                    sending.exception()
+                raise
+            await asyncio.wait({sending})
+            try:
+                sending.result()
             except DeliveryFailedError as exc:
-                stats.failed_batches += 1
-                log.warning(
-                    "batch not acknowledged; it will be sent again",
-                    extra={"first_id": rows[0].id, "rows": len(rows), "error": str(exc)},
-                )
-                # A fresh producer starts a new idempotence session; the old one may hold a fatal error.
-                producer.purge()
-                producer = Producer(producer_config(settings))
+                producer = _after_failure(producer, rows, exc, settings=settings, stats=stats)
+                rows = []  # claim again from the lowest id: the same batch, in the same order
                 if await shutdown.sleep(options.retry_backoff_seconds):
                     return
                 continue
-            await delete_batch(conn, rows)
             stats.published += len(rows)
             stats.batches += 1
+            late = await late_rows_below(conn, rows)
+            acked, rows = rows, ([] if late else ahead)
+        await delete_acked()
     finally:
         await asyncio.to_thread(producer.flush, 2.0)
+
+
+def _after_failure(
+    producer: Producer, rows: Sequence[OutboxRow], exc: Exception, *, settings: LomsSettings, stats: RelayStats
+) -> Producer:
+    """Log the failed batch and hand back a fresh producer: a new idempotence session, as the old one may hold a
+    fatal error."""
+    stats.failed_batches += 1
+    log.warning(
+        "batch not acknowledged; it will be sent again",
+        extra={"first_id": rows[0]["id"], "rows": len(rows), "error": str(exc)},
+    )
+    producer.purge()
+    return Producer(producer_config(settings))
 
 
 async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool = False) -> RelayStats:
@@ -156,6 +220,7 @@ async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool =
             log.info("relay active", extra={"topic": settings.events_topic()})
             await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
             if burst:
+                log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
                 return stats
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})

@@ -16,7 +16,7 @@ API_PORT = 8401
 class LomsOptions(BaseModel):
     """The relay's knobs; the topic names get ``kafka.topic_prefix`` prepended."""
 
-    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    batch_size: int = Field(default=5000, ge=1, le=50_000)
     idle_poll_seconds: float = Field(default=0.05, gt=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, gt=0, le=60)
     flush_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
@@ -35,3 +35,13 @@ class LomsSettings(OrderlySettings):
 
     def dlq_topic(self) -> str:
         return self.kafka.topic_prefix + DLQ_TOPIC
+
+
+def loms_settings(**flags: object) -> LomsSettings:
+    """Settings from the file, then the environment, then the command-line flags that were given (not None)."""
+    settings = LomsSettings()
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if not changes:
+        return settings
+    options = LomsOptions.model_validate(settings.loms.model_dump() | changes)
+    return settings.model_copy(update={"loms": options})

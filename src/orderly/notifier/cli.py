@@ -18,21 +18,13 @@ def run(
 ) -> None:
     """Consume loms.order-events and print one JSON line per event."""
     from orderly.notifier.consumer import run_notifier
-    from orderly.notifier.settings import NotifierSettings
+    from orderly.notifier.settings import notifier_settings
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
-    settings = NotifierSettings()
-    flags = {
-        "instance": instance,
-        "group": group,
-        "max_attempts": max_attempts,
-        "commit_interval_ms": commit_interval_ms,
-    }
-    changes = {k: v for k, v in flags.items() if v is not None}
-    if changes:
-        options = settings.notifier.model_validate(settings.notifier.model_dump() | changes)
-        settings = settings.model_copy(update={"notifier": options})
+    settings = notifier_settings(
+        instance=instance, group=group, max_attempts=max_attempts, commit_interval_ms=commit_interval_ms
+    )
     configure_logging(settings.log, process=f"notifier {settings.notifier.instance}")
 
     async def main(shutdown: Shutdown) -> None:

@@ -38,3 +38,13 @@ class NotifierSettings(OrderlySettings):
 
     def group_id(self) -> str:
         return self.kafka.topic_prefix + self.notifier.group
+
+
+def notifier_settings(**flags: object) -> NotifierSettings:
+    """Settings from the file, then the environment, then the command-line flags that were given (not None)."""
+    settings = NotifierSettings()
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if not changes:
+        return settings
+    options = NotifierOptions.model_validate(settings.notifier.model_dump() | changes)
+    return settings.model_copy(update={"notifier": options})

@@ -15,6 +15,7 @@ import pytest
 from orderly.loms import service
 from orderly.loms.domain import Item
 from orderly.loms.kafka_admin import admin_client, group_status
+from orderly.loms.relay import RELAY_LOCK_KEY
 from orderly.platform.pools import postgres_pool
 from tests.loms_support import Loms, end_offsets, eventually, notifier_lines, prepare, read_topic
 from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port
@@ -101,7 +102,9 @@ async def test_2000_concurrent_orders_reach_notifiers_in_order_spread_over_both_
 
 
 @pytest.mark.slow
-async def test_kill_9_of_the_relay_mid_batch_loses_no_event(namespace: Namespace, processes: Processes) -> None:
+async def test_kill_9_of_the_relay_mid_batch_loses_no_event_and_the_standby_takes_over(
+    namespace: Namespace, processes: Processes
+) -> None:
     loms = await prepare(namespace, "relay-kill")
     async with postgres_pool(loms.settings.postgres.model_copy(update={"pool_max": 8})) as pool:
         sem = asyncio.Semaphore(8)
@@ -115,15 +118,27 @@ async def test_kill_9_of_the_relay_mid_batch_loses_no_event(namespace: Namespace
         wanted = {r["event_id"] for r in await pool.fetch("SELECT event_id::text FROM outbox")}
         assert len(wanted) == 3000
 
-        relay = processes.start("loms", "relay", "--batch-size", "25", env=loms.env)
+        # Two relays wait while the test holds the relay lock; on release one becomes active, the other stands by.
+        async with pool.acquire() as holder:
+            assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+            relays = [processes.start("loms", "relay", "--batch-size", "5", env=loms.env) for _ in range(2)]
+            for relay in relays:
+                await eventually(lambda r=relay: any("standing by" in e for e in r.errors), within=30, what="standby")
+            await holder.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+        await eventually(
+            lambda: any("relay active" in e for r in relays for e in r.errors), within=30, what="an active relay"
+        )
+        [active] = [r for r in relays if any("relay active" in e for e in r.errors)]
+        [standby] = [r for r in relays if r is not active]
         published = lambda: sum(end_offsets(loms.settings).values())  # noqa: E731
         await eventually(lambda: published() >= 300, within=60, what="the relay to publish a first part")
-        relay.kill()
+        active.kill()
         left = await pool.fetchval("SELECT count(*) FROM outbox")
         assert 0 < left < 3000, "the kill should land while the outbox is being drained"
 
-        processes.start("loms", "relay", "--batch-size", "500", env=loms.env)
+        # The standby takes the lock once the dead relay's session is gone, and drains the rest.
         await _outbox_empty(pool)
+        assert any("relay active" in e for e in standby.errors)
     messages = await asyncio.to_thread(read_topic, loms.settings, expect=3000, timeout=60)
     seen = [json.loads(m.value())["event_id"] for m in messages]
     assert set(seen) == wanted
@@ -146,7 +161,8 @@ async def test_kafka_down_for_10_s_the_api_keeps_succeeding_and_every_event_arri
     loms: Loms = await prepare(namespace, "outage", kafka=scratch.settings.kafka)
     port = free_port()
     api: Spawned = processes.start("loms", "api", "--port", str(port), env=loms.env)
-    processes.start("loms", "relay", env=loms.env)
+    # A short delivery timeout, so batches fail during the outage and the retry path is exercised too.
+    relay = processes.start("loms", "relay", env={**loms.env, "ORDERLY_LOMS__MESSAGE_TIMEOUT_MS": "3000"})
     api.wait_http_ready(port)
     expected: dict[int, list[str]] = {}
     url = f"http://127.0.0.1:{port}"
@@ -174,3 +190,4 @@ async def test_kafka_down_for_10_s_the_api_keeps_succeeding_and_every_event_arri
             seen.add(event["event_id"])
             got[event["order_id"]].append(event["status"])
     assert dict(got) == expected
+    assert any("batch not acknowledged" in line for line in relay.errors), "no batch failed during the outage"

@@ -95,3 +95,41 @@ async def test_a_second_relay_stands_by_while_another_holds_the_lock(namespace: 
             shutdown.request("test done")
             stats = await standby
     assert stats.published == 2
+
+
+async def test_a_late_committing_lower_id_goes_out_before_the_same_orders_next_event(namespace: Namespace) -> None:
+    loms = await prepare(namespace, "relay-late")
+    settings = loms.settings.model_copy(update={"loms": loms.settings.loms.model_copy(update={"batch_size": 10})})
+    async with postgres_pool(settings.postgres) as pool:
+        late: asyncpg.Connection
+        async with pool.acquire() as late:
+            tx = late.transaction()
+            await tx.start()
+            order_id = await repo.insert_order(late, user=1, items=[Item(1001, 1)])
+            order = Order(order_id, 1, OrderStatus.NEW, (Item(1001, 1),))
+            first = order_event(order, OrderStatus.NEW)
+            await repo.add_outbox(late, [first])  # gets a low id, stays invisible for now
+            for n in range(30):
+                await service.create_order(pool=pool, user=n + 2, items=[Item(1002, 1)])
+            shutdown = Shutdown()
+            relay = asyncio.create_task(run_relay(settings, shutdown))
+            deadline = asyncio.get_running_loop().time() + 30
+            while await pool.fetchval("SELECT count(*) FROM outbox"):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            await tx.commit()
+        second = order_event(order, OrderStatus.AWAITING_PAYMENT)
+        await _add(pool, second)
+        while await pool.fetchval("SELECT count(*) FROM outbox"):
+            assert asyncio.get_running_loop().time() < deadline + 30
+            await asyncio.sleep(0.02)
+        shutdown.request("test done")
+        await relay
+    messages = await asyncio.to_thread(read_topic, settings, expect=62)
+    mine = [json.loads(m.value())["event_id"] for m in sorted(messages, key=lambda m: (m.partition(), m.offset()))]
+    assert mine.index(first["event_id"]) < mine.index(second["event_id"])
+
+
+async def _add(pool: asyncpg.Pool, event: dict[str, object]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.add_outbox(conn, [event])
