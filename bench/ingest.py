@@ -265,9 +265,10 @@ async def drain(settings: InfraSettings, *, batch_size: int, count: int) -> dict
     worker = Proc("worker", ["ingest", "worker", "--burst", "--batch-size", str(batch_size)], env).start()
     started = time.perf_counter()
     assert worker.popen is not None
+    cpu, rss = 0.0, {}
     while worker.popen.poll() is None:
-        cpu = worker.cpu_seconds()
-        rss = worker.peak_rss_mb()
+        cpu = worker.cpu_seconds() or cpu
+        rss = worker.peak_rss_mb() or rss
         await asyncio.sleep(0.2)
     wall = time.perf_counter() - started
     stored, span = await stored_span(settings, before)
@@ -488,20 +489,21 @@ async def main() -> None:
             "insert_rows_per_s": round(insert, 1),
         }
         print(results["raw"], flush=True)
-        print("api …", flush=True)
-        results["api"] = []
-        for workers in (1, 2):
-            results["api"].append(await api_throughput(settings, workers=workers))
-            print(results["api"][-1], flush=True)
-            async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
-                channel = await connection.channel()
-                await (await channel.get_queue(QUEUE)).purge()
         print("drain …", flush=True)
         results["drain"] = [
             await drain(settings, batch_size=BATCH, count=BACKLOG),
             await drain(settings, batch_size=1, count=BASELINE_BACKLOG),
         ]
         print(results["drain"], flush=True)
+        print("api …", flush=True)
+        results["api"] = []
+        for workers in (1, 2):
+            results["api"].append(await api_throughput(settings, workers=workers))
+            print(results["api"][-1], flush=True)
+        # The API phase left its accepted requests queued (no worker was running); the latency phase starts empty.
+        async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
+            channel = await connection.channel()
+            await (await channel.get_queue(QUEUE)).purge()
         print("latency …", flush=True)
         results["latency"] = [await latency(settings, batch_size=BATCH), await latency(settings, batch_size=1)]
         print(results["latency"], flush=True)
