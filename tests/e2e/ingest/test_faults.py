@@ -43,7 +43,8 @@ async def test_worker_killed_mid_batch_loses_nothing_and_inserts_nothing_twice(
     tokens = {s.token for s in sent if s.status == 202}
     assert len(tokens) == 3000
 
-    first = processes.start("ingest", "worker", "--batch-size", "100", env=env)
+    # Small batches make the drain slow enough to be caught in the middle.
+    first = processes.start("ingest", "worker", "--batch-size", "20", env=env)
 
     async def some_stored() -> bool:
         return await count_stored(settings) >= 300
@@ -130,7 +131,7 @@ async def test_daemon_killed_resumes_from_its_cursor_repeating_at_most_one_batch
     try:
         # Stored through the worker's own batch procedure: the daemon only reads the events table.
         store = repository.RequestStore(conn)
-        for chunk in range(10):
+        for chunk in range(20):
             batch = [
                 AcceptedRequest(token=uuid7(), numbers=(chunk, i), accepted_at=datetime.now(UTC)) for i in range(500)
             ]
@@ -139,7 +140,7 @@ async def test_daemon_killed_resumes_from_its_cursor_repeating_at_most_one_batch
     finally:
         await conn.close()
     total = len(expected)
-    assert total == 10_000
+    assert total == 20_000
 
     first = processes.start("ingest", "daemon", env=env)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aio_pika
 import asyncpg
 import httpx
@@ -76,11 +78,14 @@ async def test_bad_input_is_rejected_naming_the_parameter_and_nothing_is_queued(
         await conn.close()
 
 
-async def test_curl_example_prints_two_lines_in_order(infra: InfraSettings, processes: Processes) -> None:
+async def test_curl_example_prints_two_lines_in_order_also_to_the_log_file(
+    infra: InfraSettings, processes: Processes, tmp_path: Path
+) -> None:
     env = migrate(infra)
     _, port = start_api(processes, env)
     processes.start("ingest", "worker", env=env)
-    daemon = processes.start("ingest", "daemon", "--name", "curl-example", env=env)
+    log_file = tmp_path / "events.log"
+    daemon = processes.start("ingest", "daemon", "--name", "curl-example", "--log-file", str(log_file), env=env)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/ingest?n=1&n=2")
     assert response.status_code == 202
@@ -92,3 +97,13 @@ async def test_curl_example_prints_two_lines_in_order(infra: InfraSettings, proc
     await eventually(two_lines, within=30, what="two daemon lines")
     mine = [e for e in daemon_events(daemon.lines) if e["token"] == token]
     assert [e["value"] for e in mine] == [1, 2]
+
+    def logged() -> list[dict[str, object]]:
+        text = log_file.read_text() if log_file.exists() else ""
+        return [e for e in daemon_events(text.splitlines()) if e["token"] == token]
+
+    async def in_file() -> bool:
+        return len(logged()) == 2
+
+    await eventually(in_file, within=10, what="the two lines in the log file")
+    assert logged() == mine
