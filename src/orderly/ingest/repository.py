@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from orderly.ingest.domain import AcceptedRequest
-from orderly.platform.migrations import ensure_postgres_database, load_migrations, migrate_postgres
+from orderly.platform.migrations import load_migrations, migrate_postgres, postgres_database
 from orderly.platform.settings import PostgresSettings
 
 SERVICE = "ingest"
@@ -34,16 +34,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 async def migrate(settings: PostgresSettings) -> list[int]:
     """Create the database when missing and apply pending migrations (idempotent)."""
-    admin = await asyncpg.connect(settings.dsn("postgres"))
-    try:
-        await ensure_postgres_database(admin, settings.database)
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(settings.dsn())
-    try:
+    async with postgres_database(settings) as conn:
         return await migrate_postgres(conn, service=SERVICE, migrations=load_migrations("orderly.ingest", "postgres"))
-    finally:
-        await conn.close()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
-
 from orderly.loms import repository as repo
-from orderly.platform.migrations import ensure_postgres_database, load_migrations, migrate_postgres
+from orderly.platform.migrations import load_migrations, migrate_postgres, postgres_database
 from orderly.platform.settings import PostgresSettings
 
 log = logging.getLogger(__name__)
@@ -15,16 +13,8 @@ log = logging.getLogger(__name__)
 
 async def migrate(settings: PostgresSettings) -> list[int]:
     """Idempotent: re-running applies only new migrations and adds only missing stock rows."""
-    admin = await asyncpg.connect(settings.dsn("postgres"))
-    try:
-        await ensure_postgres_database(admin, settings.database)
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(settings.dsn())
-    try:
+    async with postgres_database(settings) as conn:
         applied = await migrate_postgres(conn, service="loms", migrations=load_migrations("orderly.loms", "postgres"))
         added = await repo.seed_stocks(conn, repo.seed_stocks_data())
-    finally:
-        await conn.close()
     log.info("loms database ready", extra={"applied": applied, "stock_rows_added": added})
     return applied

@@ -16,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
 import asyncpg
 from clickhouse_driver import Client as ClickHouseClient
+
+from orderly.platform.settings import PostgresSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,21 @@ async def ensure_postgres_database(admin: asyncpg.Connection, database: str) -> 
     exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
     if not exists:
         await admin.execute(f'CREATE DATABASE "{database}"')
+
+
+@asynccontextmanager
+async def postgres_database(settings: PostgresSettings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the service's database, created first when missing (for migrate commands)."""
+    admin = await asyncpg.connect(settings.dsn("postgres"))
+    try:
+        await ensure_postgres_database(admin, settings.database)
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def migrate_mysql(conn: Any, *, service: str, migrations: list[Migration]) -> list[int]:
