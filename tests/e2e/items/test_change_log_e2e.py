@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from orderly.items.settings import ItemsSettings
@@ -28,6 +29,13 @@ def start_api(processes: Processes, settings: ItemsSettings) -> tuple[Spawned, s
 def start_workers(processes: Processes, settings: ItemsSettings) -> list[Spawned]:
     env = items_env(settings)
     return [processes.start("items", "relay", env=env), processes.start("items", "audit", env=env)]
+
+
+def kill_tree(process: Spawned) -> None:
+    """kill -9 the API and its granian worker, as a crash of the whole process would."""
+    for child in psutil.Process(process.proc.pid).children(recursive=True):
+        child.kill()
+    process.kill()
 
 
 class Changes:
@@ -118,7 +126,7 @@ async def test_changes_committed_before_the_api_was_killed_reach_the_logs(
         changes = Changes(client)
         for n in range(10):
             await changes.create(f"item-{n}")
-    api.kill()
+    kill_tree(api)
     _, url = start_api(processes, settings)
     start_workers(processes, settings)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -149,24 +157,20 @@ async def test_no_change_is_lost_when_nats_restarts_and_clickhouse_stops_for_fiv
         for n in range(10):
             await changes.create(f"item-{n}")
 
-        print("phase nats down", flush=True)
         scratch.down("nats")
         for n in range(10):
             await changes.update(n)  # writes go on: their events wait in the outbox
         scratch.up("nats")
-        print("phase nats up", flush=True)
         await changes.reprioritize()
         for n in range(10, 20):
             await changes.update(n)
 
-        print("phase ch down", flush=True)
         scratch.down("clickhouse")
         stopped_at, n = time.monotonic(), 20
         while time.monotonic() - stopped_at < 5:  # a steady trickle of writes for the whole outage
             await changes.update(n)
             n += 1
         scratch.up("clickhouse")
-        print("phase ch up", flush=True)
         await changes.remove()
 
         await assert_logged_exactly(client, changes.events, within=120)
