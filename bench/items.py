@@ -215,7 +215,10 @@ async def stream_messages(settings: ItemsSettings) -> int:
     """Events in the stream once the outbox is empty (each event is there once: Nats-Msg-Id dedupe)."""
     conn = await asyncpg.connect(settings.postgres.dsn())
     try:
+        deadline = time.monotonic() + 120
         while await conn.fetchval("SELECT count(*) FROM items_outbox"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not empty the outbox")
             await asyncio.sleep(0.2)
     finally:
         await conn.close()
