@@ -45,9 +45,14 @@ class Runtime:
     changelog: ChangeLog
 
 
-def runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     items: Runtime = request.state.items
     return items
+
+
+async def runtime(request: Request) -> Runtime:
+    """The opened resources (async on purpose: FastAPI runs a sync dependency in a thread pool)."""
+    return _runtime(request)
 
 
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -185,10 +190,10 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
                 changelog.close()
 
     async def postgres_ready(request: Request) -> bool:
-        return bool(await runtime(request).pool.fetchval("SELECT 1"))
+        return bool(await _runtime(request).pool.fetchval("SELECT 1"))
 
     async def redis_ready(request: Request) -> bool:
-        return bool(await runtime(request).redis.ping())
+        return bool(await _runtime(request).redis.ping())
 
     return create_platform_app(
         service="items",

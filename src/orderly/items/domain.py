@@ -39,10 +39,6 @@ class InvalidFieldError(ItemsError):
         self.field, self.reason = field, reason
 
 
-class RetryableError(ItemsError):
-    """A dependency is briefly unavailable; the same request may succeed later."""
-
-
 @dataclass(frozen=True, slots=True)
 class Item:
     id: int

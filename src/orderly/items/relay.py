@@ -66,41 +66,57 @@ async def nats_until_connected(settings: ItemsSettings, shutdown: Shutdown) -> A
 
 async def run_relay(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
     """The relay's composition root; ``burst`` stops once the outbox is empty (tests, one-off runs)."""
-    options = settings.items
     async with postgres_pool(settings.postgres) as pool, nats_until_connected(settings, shutdown) as nc:
         if nc is None:
             return
         js = nc.jetstream()
         wake = asyncio.Event()
-        backoff = Backoff(cap=options.retry_max_seconds)
-        stream_ready = False
         async with pool.acquire() as listener:
-            await listener.add_listener(repo.OUTBOX_CHANNEL, lambda *_: wake.set())
-            while not shutdown.requested:
-                wake.clear()
-                try:
-                    if not stream_ready:
-                        await ensure_stream(
-                            js, name=settings.stream_name, duplicate_window_seconds=options.duplicate_window_seconds
-                        )
-                        stream_ready = True
-                    moved = await relay_batch(
-                        pool=pool, js=js, stream=settings.stream_name, batch_size=options.relay_batch_size
-                    )
-                except TRANSIENT as exc:
-                    delay = backoff.delay()
-                    log.warning("relay failed, outbox rows wait", extra={"error": repr(exc), "retry_in_s": delay})
-                    await shutdown.sleep(delay)
-                    continue
-                backoff.reset()
-                if moved:
-                    log.debug("relayed", extra={"events": moved})
-                if moved == options.relay_batch_size:
-                    continue
-                if burst and moved == 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(wake, shutdown), timeout=options.relay_idle_seconds)
+            notify = lambda *_: wake.set()  # noqa: E731 - the callback asyncpg calls on NOTIFY
+            await listener.add_listener(repo.OUTBOX_CHANNEL, notify)
+            try:
+                await _relay_loop(settings, shutdown, pool=pool, js=js, wake=wake, burst=burst)
+            finally:
+                await listener.remove_listener(repo.OUTBOX_CHANNEL, notify)
+
+
+async def _relay_loop(
+    settings: ItemsSettings,
+    shutdown: Shutdown,
+    *,
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    wake: asyncio.Event,
+    burst: bool,
+) -> None:
+    options = settings.items
+    backoff = Backoff(cap=options.retry_max_seconds)
+    stream_ready = False
+    while not shutdown.requested:
+        wake.clear()
+        try:
+            if not stream_ready:
+                await ensure_stream(
+                    js, name=settings.stream_name, duplicate_window_seconds=options.duplicate_window_seconds
+                )
+                stream_ready = True
+            moved = await relay_batch(
+                pool=pool, js=js, stream=settings.stream_name, batch_size=options.relay_batch_size
+            )
+        except TRANSIENT as exc:
+            delay = backoff.delay()
+            log.warning("relay failed, outbox rows wait", extra={"error": repr(exc), "retry_in_s": delay})
+            await shutdown.sleep(delay)
+            continue
+        backoff.reset()
+        if moved:
+            log.debug("relayed", extra={"events": moved})
+        if moved == options.relay_batch_size:
+            continue
+        if burst and moved == 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_first(wake, shutdown), timeout=options.relay_idle_seconds)
 
 
 async def _first(wake: asyncio.Event, shutdown: Shutdown) -> None:
