@@ -7,6 +7,7 @@ prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -317,10 +318,15 @@ class Spawned:
             self.proc.send_signal(sig)
 
     def kill(self) -> None:
-        """kill -9, as a crash would."""
-        import signal
+        """kill -9 the process and everything it started (granian's workers too), as a crash would."""
+        import psutil
 
-        self.signal(signal.SIGKILL)
+        if self.proc.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+                for process in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.kill()
         self.proc.wait(10)
 
     def stop(self, timeout: float = 15) -> int:

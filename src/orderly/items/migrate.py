@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 import nats
 
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream
 from orderly.platform.migrations import (
-    ensure_postgres_database,
     load_migrations,
     migrate_clickhouse_async,
     migrate_postgres,
+    postgres_database,
 )
 from orderly.platform.pools import clickhouse_client
 
@@ -22,16 +21,8 @@ SERVICE = "items"
 
 
 async def migrate(settings: ItemsSettings) -> None:
-    admin = await asyncpg.connect(settings.postgres.dsn("postgres"))
-    try:
-        await ensure_postgres_database(admin, settings.postgres.database)
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(settings.postgres.dsn())
-    try:
+    async with postgres_database(settings.postgres) as conn:
         applied = await migrate_postgres(conn, service=SERVICE, migrations=load_migrations("orderly.items", "postgres"))
-    finally:
-        await conn.close()
     client = clickhouse_client(settings.clickhouse, database="default")
     try:
         applied_ch = await migrate_clickhouse_async(

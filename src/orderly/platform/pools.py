@@ -93,7 +93,8 @@ async def nats_connection(settings: NatsSettings, **kwargs: Any) -> AsyncIterato
     try:
         yield client
     finally:
-        await client.drain()
+        # close(), not drain(): drain can hang on a pull subscription (nats-py); publishes were awaited already.
+        await client.close()
 
 
 def clickhouse_client(settings: ClickHouseSettings, *, database: str | None = None) -> ClickHouseClient:

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from orderly.items.settings import ItemsSettings
@@ -29,13 +28,6 @@ def start_api(processes: Processes, settings: ItemsSettings) -> tuple[Spawned, s
 def start_workers(processes: Processes, settings: ItemsSettings) -> list[Spawned]:
     env = items_env(settings)
     return [processes.start("items", "relay", env=env), processes.start("items", "audit", env=env)]
-
-
-def kill_tree(process: Spawned) -> None:
-    """kill -9 the API and its granian worker, as a crash of the whole process would."""
-    for child in psutil.Process(process.proc.pid).children(recursive=True):
-        child.kill()
-    process.kill()
 
 
 class Changes:
@@ -126,7 +118,7 @@ async def test_changes_committed_before_the_api_was_killed_reach_the_logs(
         changes = Changes(client)
         for n in range(10):
             await changes.create(f"item-{n}")
-    kill_tree(api)
+    api.kill()  # the API and its granian worker, as a crash of the whole process would
     _, url = start_api(processes, settings)
     start_workers(processes, settings)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
