@@ -68,7 +68,20 @@ def _loms(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ADAPTERS = {"ingest": _ingest, "sums": _sums, "loms": _loms}
+def _items(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": "items: HTTP requests per second (same run, same server stack)",
+        "unit": "requests/s",
+        "bars": [
+            _bar("GET /items/list, cached", r["list_cached"]["rps"]),
+            _bar("GET /items/list, uncached (random pages)", r["list_uncached"]["rps"], "baseline"),
+            _bar("90 % list / 10 % update", r["mix_90_10"]["rps"]),
+            _bar("hello-world JSON (stack ceiling)", r["hello_world"]["rps"], "limit"),
+        ],
+    }
+
+
+ADAPTERS = {"ingest": _ingest, "sums": _sums, "items": _items, "loms": _loms}
 
 
 def chart(name: str, spec: dict[str, Any]) -> Path:
