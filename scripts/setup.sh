@@ -26,7 +26,7 @@ stamp="$KAFKA_LIBS/.pom.sha256"
 if [ ! -f "$stamp" ] || [ "$(sha256sum "$POM" | cut -d' ' -f1)" != "$(cat "$stamp")" ]; then
   say "resolving the Kafka jars from Maven Central"
   rm -rf "$KAFKA_LIBS" && mkdir -p "$KAFKA_LIBS"
-  mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$KAFKA_LIBS"
+  mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$KAFKA_LIBS"
   sha256sum "$POM" | cut -d' ' -f1 > "$stamp"
 fi
 
