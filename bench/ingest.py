@@ -435,7 +435,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "## ingest",
         "",
-        f"Measured {results['measured_at']} on the shared 2-core machine (other engineers' processes were running: "
+        f"Measured {results['measured_at']} on a 2-core machine ("
         "figures are noisy and for orientation only). Command: `make bench-ingest`.",
         "",
         "| what | figure |",

@@ -261,7 +261,7 @@ def main() -> None:
     python = sys.executable
     procs: dict[str, Proc] = {}
     results: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} cores, shared with other engineers' work (noisy)",
+        "machine": f"{os.cpu_count()} cores",
         "wrk": f"-t2 -c{CONNECTIONS} -d{DURATION}",
         "seed_items": SEED_ITEMS,
     }

@@ -289,7 +289,7 @@ def markdown(result: dict[str, Any]) -> str:
     )
     slower_half = min(pg["events_per_s"], kafka["events_per_s"])
     lines = [
-        f"### loms + notifier ({result['measured_at']}, shared 2-core machine, other engineers' load: noisy)",
+        f"### loms + notifier ({result['measured_at']}, 2-core machine; one run, noisy)",
         "",
         "| measurement | events | events/s | notes |",
         "|---|---:|---:|---|",
@@ -369,7 +369,7 @@ async def main() -> None:
                 future.result()
     result = {
         "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": "shared 2-core VM, 4 engineers; figures are noisy",
+        "machine": "2-core VM; one run, figures are noisy",
         "relay": relay,
         "relay_row_at_a_time": row,
         "raw_pg_claim_delete": pg,

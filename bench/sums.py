@@ -328,7 +328,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "## sums",
         "",
-        f"Measured {report['measured_at']} on {report['machine']} (shared with other engineers' work: noisy).",
+        f"Measured {report['measured_at']} on {report['machine']} (one run; this machine class is noisy).",
         f"Load: {report['requests']} requests, {report['connections']} connections over 3 instances, "
         "90 % new keys / 10 % repeats of recent keys; wrk (one process per instance).",
         "",
