@@ -50,7 +50,10 @@ def _sums(r: dict[str, Any]) -> dict[str, Any]:
         "unit": "requests/s (transactions/s for the raw loops)",
         "bars": [
             *(_bar(s["mode"], s["req_per_s"], "ours" if s["mode"] == "batched" else "baseline") for s in r["services"]),
-            *(_bar(f"raw {loop['mode']}, {loop['clients']} clients", loop["tx_per_s"], "limit") for loop in r["loops"]),
+            *(
+                _bar(f"SQL only: {loop['mode']}, {loop['clients']} clients", loop["tx_per_s"], "limit")
+                for loop in r["loops"]
+            ),
         ],
     }
 
