@@ -32,6 +32,7 @@ from uuid_utils.compat import uuid7
 
 from orderly.ingest.domain import AcceptedRequest
 from orderly.platform.settings import InfraSettings
+from orderly.runner import wait_http_ready
 
 RESULTS = Path(__file__).parent / "results"
 TAG = "bench_ingest"
@@ -315,15 +316,8 @@ def wait_lines(proc: Proc, count: int, seconds: float) -> None:
 
 
 def wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("api not ready")
+    if not wait_http_ready(port, timeout=30):
+        raise RuntimeError("api not ready")
 
 
 async def api_throughput(settings: InfraSettings, *, workers: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsOptions, ItemsSettings
 from orderly.platform.pools import clickhouse_client
 from orderly.platform.settings import ClickHouseSettings, NatsSettings, PostgresSettings, RedisSettings
+from orderly.runner import wait_http_ready
 
 RESULTS = Path(__file__).parent / "results"
 DURATION = os.environ.get("BENCH_DURATION", "10s")
@@ -114,15 +115,8 @@ class Proc:
 
 
 def wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing ready on port {port}")
+    if not wait_http_ready(port, timeout=60):
+        raise RuntimeError(f"nothing ready on port {port}")
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}

@@ -151,15 +151,29 @@ def endpoints_table(specs: Sequence[ProcessSpec], infra: InfraSettings) -> Table
     return table
 
 
+def http_ready(port: int) -> bool:
+    """Whether the process on a loopback port answers GET /readyz with 200."""
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    return False
+
+
+def wait_http_ready(port: int, *, timeout: float) -> bool:
+    """Poll one port's /readyz until it answers 200; False when the timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while not http_ready(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def wait_ready(specs: Sequence[ProcessSpec], *, timeout: float = READY_TIMEOUT) -> list[str]:
     """Wait for each HTTP process's /readyz; returns the names that did not get ready in time."""
     pending = {spec.name: spec.http_port for spec in specs if spec.http_port}
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for name, port in list(pending.items()):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    del pending[name]
+        pending = {name: port for name, port in pending.items() if not http_ready(port)}
         if pending:
             time.sleep(0.3)
     return list(pending)
