@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from orderly.platform.settings import MySQLSettings
+from orderly.platform.settings import HttpSettings, MySQLSettings
 
 app = typer.Typer(
     help="The idempotent lifetime sum (MySQL + Redis), served by several instances.", no_args_is_help=True
@@ -38,7 +38,51 @@ def api(
         raise typer.Exit(_run_instances(first, instances, mode))
     export_to_environment("ORDERLY_HTTP__", {"port": first})
     export_to_environment("ORDERLY_SUMS__", {"mode": mode})
-    serve("orderly.sums.app:create_app", SumsSettings().http, process_name=f"orderly-sums-{first}")
+    http = SumsSettings().http
+    if http.workers == 1:
+        raise typer.Exit(_serve_in_process(http, process_name=f"orderly-sums-{first}"))
+    serve("orderly.sums.app:create_app", http, process_name=f"orderly-sums-{first}")
+
+
+def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
+    """Serve one worker in this very process with granian's embedded server (``granian.server.embed``).
+
+    granian's usual server forks a worker and stays behind as its supervisor: a second Python process holding the
+    imported app (~58 MiB RSS measured), which put an instance over its 120 MB budget. With a single worker there is
+    nothing for a supervisor to balance, so the worker runs here, on uvloop, and SIGTERM/SIGINT stop it gracefully
+    (the lifespan shuts the batcher and pools down). If the process dies, its process manager restarts it
+    (compose: ``restart: unless-stopped``; `orderly up` stops the group and reports it). Returns the exit code.
+    """
+    import importlib.util
+
+    import uvloop
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    from orderly.sums.app import create_app
+
+    if importlib.util.find_spec("setproctitle"):
+        import setproctitle
+
+        setproctitle.setproctitle(process_name)
+    server = Server(
+        create_app,
+        factory=True,
+        address=http.host,
+        port=http.port,
+        interface=Interfaces.ASGI,
+        log_enabled=False,
+        backlog=2048,
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.stop)
+        await server.serve()
+
+    uvloop.run(run())
+    return 1 if server.interrupt_children else 0  # the worker ended on its own (e.g. its startup failed)
 
 
 def _run_instances(first: int, count: int, mode: str | None) -> int:

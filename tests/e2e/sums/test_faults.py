@@ -41,7 +41,7 @@ async def test_a_crash_between_commit_and_redis_write_is_replayed_on_retry_and_a
 
     with pytest.raises(aiohttp.ClientError):
         await client.get(f"{doomed.url(0)}/sum", params={"number": 11, "ikey": key})
-    # The worker died (os._exit(137)); granian's supervisor respawns it, as a process manager would.
+    # The instance died (os._exit(137)); a process manager would restart it. The survivor serves the retry.
     assert await asyncio.to_thread(logged, doomed.spawned[0], "test hook: crashing after the mysql commit")
     assert await survivor.total(client) == before + 11, "the commit happened before the crash"
 
