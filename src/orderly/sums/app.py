@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -189,6 +190,10 @@ def create_app(settings: SumsSettings | None = None) -> FastAPI:
                 else:
                     service = SumsService(store=store, cache=cache, batcher=batcher, options=options)
                 purge = asyncio.create_task(_purge_loop(store, options), name="sums-purge")
+                # Everything built so far (modules, app, pools) lives as long as the process: move it out of the
+                # cyclic collector's reach so that full collections under load only walk the per-request garbage.
+                gc.collect()
+                gc.freeze()
                 try:
                     yield {"sums": SumsState(service=service, store=store, cache=cache)}
                 finally:
