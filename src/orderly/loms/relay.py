@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from orderly.loms.settings import LomsOptions, LomsSettings
 from orderly.platform.lifecycle import Shutdown
@@ -60,19 +60,42 @@ def producer_config(settings: LomsSettings) -> dict[str, Any]:
                 "message.timeout.ms": settings.loms.message_timeout_ms,
                 # Java's partitioner, so other clients agree where an order's events live.
                 "partitioner": "murmur2_random",
+                # Delivery reports (a Python call per message) only for failures: success is known without them,
+                # because flush() returns only once no message is left queued or in flight.
+                "delivery.report.only.error": True,
             },
         )
     )
 
 
-class OutboxRow(Protocol):
-    """A claimed outbox row as asyncpg returns it: id, Kafka key and value already as bytes (no per-row Python work)."""
+def new_producer(settings: LomsSettings) -> tuple[Producer, list[KafkaError]]:
+    """A relay producer and the list its failed deliveries are appended to (one list per producer, so a discarded
+    producer can never report into the batch of its successor)."""
+    errors: list[KafkaError] = []
 
-    def __getitem__(self, column: str) -> Any: ...
+    def failed(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    return Producer({**producer_config(settings), "on_delivery": failed}), errors
+
+
+class OutboxRow(Protocol):
+    """A claimed outbox row as asyncpg returns it: (id, key, value[, below]), the Kafka key and value already as bytes
+    (no per-row Python work); read by position, which is cheaper than by name."""
+
+    def __getitem__(self, column: int) -> Any: ...
 
 
 CLAIM_SQL = """
 SELECT id, convert_to(order_id::text, 'UTF8') AS key, convert_to(payload::text, 'UTF8') AS value
+  FROM outbox WHERE id > $2 ORDER BY id LIMIT $1
+"""
+# The read-ahead past batch N ($2 = N's last id), plus, in the same snapshot, how many rows up to N's last id are
+# visible (one value, computed once, repeated on every row): more than N's own means a late-committing lower id.
+CLAIM_AHEAD_SQL = """
+SELECT id, convert_to(order_id::text, 'UTF8') AS key, convert_to(payload::text, 'UTF8') AS value,
+       (SELECT count(*) FROM outbox WHERE id <= $2) AS below
   FROM outbox WHERE id > $2 ORDER BY id LIMIT $1
 """
 
@@ -82,32 +105,43 @@ async def claim_batch(conn: asyncpg.Connection, limit: int, *, after: int = 0) -
     return rows
 
 
+async def claim_ahead(conn: asyncpg.Connection, limit: int, batch: Sequence[OutboxRow]) -> list[OutboxRow]:
+    """The rows after ``batch`` (not yet deleted), each carrying ``below`` (see ``late_rows_below``)."""
+    rows: list[OutboxRow] = await conn.fetch(CLAIM_AHEAD_SQL, limit, batch[-1][0])
+    return rows
+
+
 async def delete_batch(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows])
 
 
-async def late_rows_below(conn: asyncpg.Connection, batch: Sequence[OutboxRow]) -> bool:
-    """Whether a row with an id up to the batch's last one, other than the batch's own (not yet deleted) rows, is
-    visible: a transaction that committed late with a lower id."""
-    visible: int = await conn.fetchval("SELECT count(*) FROM outbox WHERE id <= $1", batch[-1]["id"])
-    return visible > len(batch)
+def late_rows_below(ahead: Sequence[OutboxRow], batch: Sequence[OutboxRow]) -> bool:
+    """Whether, when ``ahead`` was read, a row with an id up to the batch's last one was visible besides the batch's
+    own (not yet deleted) rows: a transaction that committed late with a lower id. Without a read-ahead there is
+    nothing to decide: the next claim starts from the lowest id anyway."""
+    return bool(ahead) and int(ahead[0][3]) > len(batch)
 
 
-async def publish(producer: Producer, topic: str, rows: Sequence[OutboxRow], *, shutdown: Shutdown) -> None:
-    """Produce the rows in order and wait for every acknowledgement; raise ``DeliveryFailedError`` on any error."""
-    errors: list[KafkaError] = []
+async def publish(
+    producer: Producer, errors: list[KafkaError], topic: str, rows: Sequence[OutboxRow], *, shutdown: Shutdown
+) -> None:
+    """Produce the rows in order and wait for every acknowledgement; raise ``DeliveryFailedError`` on any error.
 
-    def delivered(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            errors.append(err)
-
+    ``errors`` is the producer's failed-delivery list (``new_producer``); batches never overlap, so it holds only this
+    batch's failures once cleared here."""
+    errors.clear()
+    produce = producer.produce
     for row in rows:
-        while True:
-            try:
-                producer.produce(topic, value=row["value"], key=row["key"], on_delivery=delivered)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
+        try:
+            produce(topic, row[2], row[1])  # value, key: positional, the hot loop of the relay
+        except BufferError:  # the local queue is full: let deliveries drain it
+            while True:
                 await asyncio.to_thread(producer.poll, 0.1)
+                try:
+                    produce(topic, row[2], row[1])
+                    break
+                except BufferError:
+                    continue
     stop_seen: float | None = None
     while len(producer) > 0:
         await asyncio.to_thread(producer.flush, 0.5)
@@ -132,15 +166,18 @@ async def pump(
     Batches go out strictly one after another: the next batch is produced only after every message of the current
     one was acknowledged, so a failed batch can never be overtaken. The database work overlaps the wait for
     acknowledgements: while batch N is in flight, batch N-1 (acknowledged) is deleted and batch N+1 is read ahead
-    (ids above N). The read-ahead is used only if, once N is acknowledged, no row at or below N's last id is visible
-    besides N's own: such a row is a transaction that committed late with a lower id, and it must go out before
-    anything newer, so the relay then claims again from the lowest id. (A later event of the same order always has a
-    higher id than the late row and is inserted after it committed, because the order's row lock serialises its
-    transitions; so it cannot be in a read-ahead taken while the late row was still invisible.)
+    (ids above N). The read-ahead is used only if, in the read-ahead's own snapshot, no row at or below N's last id
+    is visible besides N's own: such a row is a transaction that committed late with a lower id, and it must go out
+    before anything newer, so the relay then claims again from the lowest id. (A later event of the same order always
+    has a higher id than the late row and is inserted after it committed, because the order's row lock serialises its
+    transitions; so it can be in a read-ahead only if the late row was visible in that same snapshot, and then the
+    count sees it. A late row that becomes visible only afterwards is seen by the next read-ahead's count, which
+    covers every id up to the next batch's last one.)
     """
     options: LomsOptions = settings.loms
     topic = settings.events_topic()
-    producer = Producer(producer_config(settings))
+    producer, errors = new_producer(settings)
+    await _connect(producer, topic, shutdown=shutdown)
     rows: Sequence[OutboxRow] = []
     acked: Sequence[OutboxRow] = []  # acknowledged, not yet deleted
 
@@ -163,10 +200,10 @@ async def pump(
                     continue
             if stats.first_claim_at is None:
                 stats.first_claim_at = time.monotonic()
-            sending = asyncio.create_task(publish(producer, topic, rows, shutdown=shutdown))
+            sending = asyncio.create_task(publish(producer, errors, topic, rows, shutdown=shutdown))
             try:
                 await delete_acked()
-                ahead = await claim_batch(conn, options.batch_size, after=rows[-1]["id"])
+                ahead = await claim_ahead(conn, options.batch_size, rows)
             except BaseException:
                 await asyncio.wait({sending})  # the batch stays in the outbox; the next relay session re-sends it
                 if not sending.cancelled():
@@ -176,32 +213,46 @@ async def pump(
             try:
                 sending.result()
             except DeliveryFailedError as exc:
-                producer = _after_failure(producer, rows, exc, settings=settings, stats=stats)
+                producer, errors = _after_failure(producer, rows, exc, settings=settings, stats=stats)
                 rows = []  # claim again from the lowest id: the same batch, in the same order
                 if await shutdown.sleep(options.retry_backoff_seconds):
                     return
                 continue
             stats.published += len(rows)
             stats.batches += 1
-            late = await late_rows_below(conn, rows)
+            late = late_rows_below(ahead, rows)
             acked, rows = rows, ([] if late else ahead)
         await delete_acked()
     finally:
         await asyncio.to_thread(producer.flush, 2.0)
 
 
+async def _connect(producer: Producer, topic: str, *, shutdown: Shutdown) -> None:
+    """Reach the broker before the first claim (up to 5 s; if it stays unreachable the first batch simply waits and
+    is retried), so rows are not claimed only to wait for a connection."""
+    for _ in range(5):
+        if shutdown.requested:
+            return
+        try:
+            await asyncio.to_thread(producer.list_topics, topic, 1.0)
+        except KafkaException:
+            continue
+        return
+    log.warning("Kafka not reachable yet; claiming anyway")
+
+
 def _after_failure(
     producer: Producer, rows: Sequence[OutboxRow], exc: Exception, *, settings: LomsSettings, stats: RelayStats
-) -> Producer:
+) -> tuple[Producer, list[KafkaError]]:
     """Log the failed batch and hand back a fresh producer: a new idempotence session, as the old one may hold a
     fatal error."""
     stats.failed_batches += 1
     log.warning(
         "batch not acknowledged; it will be sent again",
-        extra={"first_id": rows[0]["id"], "rows": len(rows), "error": str(exc)},
+        extra={"first_id": rows[0][0], "rows": len(rows), "error": str(exc)},
     )
     producer.purge()
-    return Producer(producer_config(settings))
+    return new_producer(settings)
 
 
 async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool = False) -> RelayStats:
