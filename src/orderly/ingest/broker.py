@@ -49,15 +49,22 @@ class Publisher:
         self.channel, self.queue, self.timeout = channel, queue, timeout
 
     async def publish(self, request: AcceptedRequest) -> None:
-        message = aio_pika.Message(
-            request.to_message(),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
-            message_id=str(request.token),
+        # Straight to the underlying aiormq channel: aio-pika's Message and Exchange.publish add nothing here but CPU
+        # on the API's hot path. Same frames as before: persistent, mandatory (an unroutable message is returned and
+        # raises PublishError, never confirmed as accepted), message_id = token, and the broker's Basic.Ack awaited.
+        properties = aiormq.spec.Basic.Properties(
+            delivery_mode=2, content_type="application/json", message_id=str(request.token)
         )
         try:
-            confirmation = await self.channel.default_exchange.publish(
-                message, routing_key=self.queue, mandatory=True, timeout=self.timeout
+            if self.channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+            channel = await self.channel.get_underlay_channel()
+            confirmation = await channel.basic_publish(
+                request.to_message(),
+                routing_key=self.queue,
+                properties=properties,
+                mandatory=True,
+                timeout=self.timeout,
             )
         except BROKER_ERRORS as exc:
             raise BrokerUnavailableError(f"publish not confirmed: {type(exc).__name__}: {exc}") from exc
