@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,15 +14,18 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orderly.ingest import repository, service
 from orderly.ingest.broker import Publisher, declare_queues
-from orderly.ingest.domain import BrokerUnavailableError, InvalidRequestError
+from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, InvalidRequestError
 from orderly.ingest.settings import IngestOptions, IngestSettings
+from orderly.platform.http import LATENCY, REQUESTS, error_body, error_response
 from orderly.platform.http import create_app as create_platform_app
-from orderly.platform.http import error_response
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import postgres_pool, rabbitmq_connection
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -74,8 +79,84 @@ async def ingest(request: Request) -> Response:
         revoke=partial(repository.revoke_unconfirmed, state.pool),
         options=state.options,
     )
-    body = json.dumps({"token": str(accepted.token), "numbers": list(accepted.numbers)}, separators=(",", ":"))
-    return Response(body, status_code=202, media_type="application/json")
+    return Response(accepted_body(accepted), status_code=202, media_type="application/json")
+
+
+def accepted_body(accepted: AcceptedRequest) -> bytes:
+    # Integers and a UUID need no escaping: the same bytes json.dumps(..., separators=(",", ":")) gives, cheaper.
+    return b'{"token":"%s","numbers":[%s]}' % (
+        str(accepted.token).encode(),
+        ",".join(map(str, accepted.numbers)).encode(),
+    )
+
+
+def _json_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+
+
+class FastIngest:
+    """``GET /ingest`` as a plain ASGI handler in front of the FastAPI app; everything else goes to FastAPI.
+
+    This one route is the hot path: FastAPI's middleware stack, routing and request objects cost more CPU than the
+    work itself. The FastAPI route above stays registered, so the OpenAPI schema (and the fuzzing at the edge)
+    describes the same contract, and any other method or path (405, 404, redirects) is still FastAPI's. The promises
+    are unchanged: the same ``service.accept`` (202 only after the broker's confirm of this request's message, the
+    revocation before a 503), the same error bodies as the exception handlers, the same request metrics.
+    """
+
+    def __init__(self, app: ASGIApp, holder: dict[str, ApiState], *, retry_after_s: int) -> None:
+        self.app, self.holder = app, holder
+        self.requests: dict[int, Any] = {}  # status -> labelled counter, created on first use like the middleware's
+        self.latency = LATENCY.labels("ingest", "/ingest")
+        body = _dumps(error_body("broker_unavailable", "the request was not queued; retry later"))
+        self.unavailable = (body, _json_headers(body, (b"retry-after", str(retry_after_s).encode())))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/ingest" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        try:
+            state = self.holder["state"]
+            try:
+                accepted = await service.accept(
+                    query=scope["query_string"],
+                    publisher=state.publisher,
+                    revoke=partial(repository.revoke_unconfirmed, state.pool),
+                    options=state.options,
+                )
+            except InvalidRequestError as exc:
+                status = exc.status
+                fields = [{"field": exc.field, "message": exc.message}]
+                body = _dumps(error_body("invalid_request", exc.message, fields))
+                headers = _json_headers(body)
+            except BrokerUnavailableError:
+                status = 503
+                body, headers = self.unavailable
+            else:
+                status = 202
+                body = accepted_body(accepted)
+                headers = _json_headers(body)
+        except Exception as exc:
+            log.exception("unhandled error", extra={"path": "/ingest", "error_type": type(exc).__name__})
+            status = 500
+            body = _dumps(error_body("internal_error", "internal error; see the server log"))
+            headers = _json_headers(body)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            counter = self.requests.get(status)
+            if counter is None:
+                counter = self.requests[status] = REQUESTS.labels("ingest", "/ingest", str(status))
+            counter.inc()
+            self.latency.observe(time.perf_counter() - started)
+
+
+def _dumps(value: Any) -> bytes:
+    # As Starlette's JSONResponse renders it.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _invalid(_request: Request, exc: InvalidRequestError) -> JSONResponse:
@@ -84,11 +165,12 @@ async def _invalid(_request: Request, exc: InvalidRequestError) -> JSONResponse:
     )
 
 
-def create_app() -> FastAPI:
+def create_app() -> ASGIApp:
     """Composition root of the API process (granian calls it in each worker process)."""
     settings = IngestSettings()
     configure_logging(settings.log, process="ingest-api")
     options = settings.ingest
+    holder: dict[str, ApiState] = {}  # the lifespan's state, for the plain ASGI handler
 
     async def _unavailable(_request: Request, _exc: BrokerUnavailableError) -> JSONResponse:
         return error_response(
@@ -106,13 +188,18 @@ def create_app() -> FastAPI:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await declare_queues(channel, options)
             publisher = Publisher(channel, queue=options.queue, timeout=options.publish_timeout_s)
-            yield {"ingest": ApiState(publisher=publisher, pool=pool, options=options, channel=channel)}
+            state = ApiState(publisher=publisher, pool=pool, options=options, channel=channel)
+            holder["state"] = state
+            try:
+                yield {"ingest": state}
+            finally:
+                holder.pop("state", None)
 
     async def broker_ready(request: Request) -> bool:
         state: ApiState = request.state.ingest
         return not state.channel.is_closed
 
-    return create_platform_app(
+    api = create_platform_app(
         service="ingest",
         lifespan=lifespan,
         routers=[router],
@@ -120,3 +207,4 @@ def create_app() -> FastAPI:
         description="Numbers in, events out, in acceptance order.",
         exception_handlers={InvalidRequestError: _invalid, BrokerUnavailableError: _unavailable},
     )
+    return FastIngest(api, holder, retry_after_s=options.retry_after_s)
