@@ -134,16 +134,11 @@ async def prepare(base: InfraSettings) -> InfraSettings:
             "rabbitmq": base.rabbitmq.model_copy(update={"vhost": TAG}),
         }
     )
-    admin = await asyncpg.connect(base.postgres.dsn("postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TAG}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await cleanup(base)  # a previous, interrupted run may have left the database and vhost behind
     r = base.rabbitmq
     async with httpx.AsyncClient(
         base_url=f"http://{r.host}:{r.management_port}/api", auth=(r.user, r.password.get_secret_value())
     ) as api:
-        await api.delete(f"/vhosts/{TAG}")
         (await api.put(f"/vhosts/{TAG}")).raise_for_status()
         grant = {"configure": ".*", "write": ".*", "read": ".*"}
         (await api.put(f"/permissions/{TAG}/{r.user}", json=grant)).raise_for_status()
