@@ -325,6 +325,18 @@ class RabbitMQ(Server):
         return debian_version(self.package)
 
 
+def new_cluster_id() -> str:
+    """A random Kafka cluster id (22 URL-safe base64 characters) that does not start with "-".
+
+    One random id in 64 would, and StorageTool's argument parser then reads it as an option and refuses to format
+    (Kafka's own Uuid.randomUuid skips such ids for the same reason).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Server):
     """Apache Kafka in KRaft mode, one node acting as broker and controller, jars from Maven Central."""
 
@@ -405,7 +417,7 @@ class Kafka(Server):
             "rootLogger.level = INFO\nrootLogger.appenderRef.file.ref = FILE\n"
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             done = self.run_as_user(
                 self.java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props))
             )
