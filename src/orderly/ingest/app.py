@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orderly.ingest import repository, service
 from orderly.ingest.broker import Publisher, declare_queues
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, InvalidRequestError
+from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, InvalidRequestError, OutcomeUnknownError
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.platform.http import LATENCY, REQUESTS, error_body, error_response
 from orderly.platform.http import create_app as create_platform_app
@@ -67,7 +67,11 @@ class ApiState:
             "400": {"description": "A parameter is missing or not a signed 64-bit integer (the body names it)"},
             "413": {"description": "More than 1,000 numbers"},
             "414": {"description": "Query string over 16 KiB"},
-            "503": {"description": "The broker is unavailable; nothing was queued (Retry-After)"},
+            "503": {
+                "description": "The broker is unavailable; nothing was queued (Retry-After). Only when PostgreSQL is"
+                " unreachable as well is the outcome unknown: then the error is `outcome_unknown` and the body carries"
+                " the request's token, which may still come out in the events"
+            },
         },
     },
 )
@@ -131,6 +135,10 @@ class FastIngest:
                 fields = [{"field": exc.field, "message": exc.message}]
                 body = _dumps(error_body("invalid_request", exc.message, fields))
                 headers = _json_headers(body)
+            except OutcomeUnknownError as exc:
+                status = 503
+                body = _dumps(outcome_unknown_body(exc))
+                headers = _json_headers(body, self.unavailable[1][-1])
             except BrokerUnavailableError:
                 status = 503
                 body, headers = self.unavailable
@@ -154,6 +162,14 @@ class FastIngest:
             self.latency.observe(time.perf_counter() - started)
 
 
+def outcome_unknown_body(exc: OutcomeUnknownError) -> dict[str, Any]:
+    message = (
+        "the broker did not confirm the request and the refusal could not be recorded: it may still be stored; "
+        "look for its token in the events before retrying"
+    )
+    return {**error_body("outcome_unknown", message), "token": str(exc.token)}
+
+
 def _dumps(value: Any) -> bytes:
     # As Starlette's JSONResponse renders it.
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
@@ -172,13 +188,11 @@ def create_app() -> ASGIApp:
     options = settings.ingest
     holder: dict[str, ApiState] = {}  # the lifespan's state, for the plain ASGI handler
 
-    async def _unavailable(_request: Request, _exc: BrokerUnavailableError) -> JSONResponse:
-        return error_response(
-            503,
-            "broker_unavailable",
-            "the request was not queued; retry later",
-            headers={"Retry-After": str(options.retry_after_s)},
-        )
+    async def _unavailable(_request: Request, exc: BrokerUnavailableError) -> JSONResponse:
+        retry_after = {"Retry-After": str(options.retry_after_s)}
+        if isinstance(exc, OutcomeUnknownError):
+            return JSONResponse(outcome_unknown_body(exc), status_code=503, headers=retry_after)
+        return error_response(503, "broker_unavailable", "the request was not queued; retry later", headers=retry_after)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:

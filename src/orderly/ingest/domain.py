@@ -30,6 +30,17 @@ class BrokerUnavailableError(IngestError):
     """The broker did not confirm the message; the client may retry later (retryable)."""
 
 
+class OutcomeUnknownError(BrokerUnavailableError):
+    """The broker did not confirm and the refusal could not be recorded (PostgreSQL unreachable too).
+
+    The message may still be on the broker and be stored later; ``token`` lets the client recognise it in the events.
+    """
+
+    def __init__(self, token: UUID) -> None:
+        super().__init__(f"unconfirmed publish of {token} could not be revoked")
+        self.token = token
+
+
 class PoisonMessageError(IngestError):
     """A queued message cannot be stored (permanent); strict order forbids going past it."""
 

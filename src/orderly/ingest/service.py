@@ -11,7 +11,7 @@ from uuid import UUID
 
 from uuid_utils.compat import uuid7
 
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, parse_numbers
+from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, OutcomeUnknownError, parse_numbers
 from orderly.ingest.settings import IngestOptions
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,12 @@ async def accept(
         # worker stored it already (then it is accepted after all) or it is revoked and will never be stored.
         try:
             revoked = await revoke(request.token)
-        except Exception:
-            log.exception("could not revoke an unconfirmed token", extra={"token": str(request.token)})
-            raise
+        except Exception as exc:
+            log.error(
+                "unconfirmed publish could not be revoked: its outcome is unknown",
+                extra={"token": str(request.token), "error": f"{type(exc).__name__}: {exc}"},
+            )
+            raise OutcomeUnknownError(request.token) from exc
         if not revoked:
             log.info("unconfirmed publish was stored already", extra={"token": str(request.token)})
             return request

@@ -118,3 +118,25 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     await eventually(lambda: stored(600), within=90, what="the worker to resume after the restart")
     assert worker.proc.poll() is None
     assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
+
+
+async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_token(
+    namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    scratch = scratch_stack("ingest-both", "rabbitmq", "postgres")
+    await asyncio.to_thread(scratch.up)
+    base = await namespace.settings("bothdown")
+    settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq, "postgres": scratch.settings.postgres})
+    env = migrate(settings)
+    api, port = start_api(processes, env)
+    await asyncio.to_thread(scratch.down, "postgres")
+    await asyncio.to_thread(scratch.down, "rabbitmq")
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"http://127.0.0.1:{port}/ingest?n=7")
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    body = answer.json()
+    assert body["error"] == "outcome_unknown"
+    assert len(body["token"]) == 36
+    wait_for_line(api, body["token"], timeout=10)  # and the log names it

@@ -7,7 +7,7 @@ from uuid import UUID
 import pytest
 
 from orderly.ingest.broker import Publisher
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError
+from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, OutcomeUnknownError
 from orderly.ingest.service import accept
 from orderly.ingest.settings import IngestOptions
 
@@ -63,3 +63,15 @@ async def test_tokens_are_unique_and_time_ordered() -> None:
     assert len(set(tokens)) == 100
     assert tokens == sorted(tokens)
     assert {t.version for t in tokens} == {7}
+
+
+async def test_unconfirmed_publish_that_cannot_be_revoked_is_reported_as_outcome_unknown_with_its_token() -> None:
+    publisher = FakePublisher(confirm=False)
+
+    async def database_down(_token: UUID) -> bool:
+        raise OSError("connection refused")
+
+    with pytest.raises(OutcomeUnknownError) as caught:
+        await accept(query=b"n=1", publisher=publisher, revoke=database_down, options=IngestOptions())
+    assert caught.value.token == publisher.published[0].token
+    assert isinstance(caught.value, BrokerUnavailableError)  # still a 503, never a 500
