@@ -38,9 +38,8 @@ async def accept(
         try:
             revoked = await revoke(request.token)
         except Exception as exc:
-            log.error(
-                "unconfirmed publish could not be revoked: its outcome is unknown",
-                extra={"token": str(request.token), "error": f"{type(exc).__name__}: {exc}"},
+            log.exception(
+                "unconfirmed publish could not be revoked: its outcome is unknown", extra={"token": str(request.token)}
             )
             raise OutcomeUnknownError(request.token) from exc
         if not revoked:
