@@ -38,7 +38,7 @@ class RelayStats:
     batches: int = 0
     failed_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
-    first_claim_at: float | None = None  # the first non-empty claim: draining time starts here
+    first_claim_at: float | None = None  # when the first non-empty claim was sent: draining time starts here
     last_delete_at: float | None = None
 
     @property
@@ -192,14 +192,17 @@ async def pump(
         while not shutdown.requested:
             if not rows:
                 await delete_acked()  # before claiming from the lowest id, or they would be claimed again
+                claimed_at = time.monotonic()
                 rows = await claim_batch(conn, options.batch_size)
                 if not rows:
                     if burst:
                         return
                     await shutdown.sleep(options.idle_poll_seconds)
                     continue
-            if stats.first_claim_at is None:
-                stats.first_claim_at = time.monotonic()
+                if stats.first_claim_at is None:
+                    # Draining starts when the first non-empty claim was sent, so its PostgreSQL time counts, as it
+                    # does in the benchmark's raw claim-and-delete loop.
+                    stats.first_claim_at = claimed_at
             sending = asyncio.create_task(publish(producer, errors, topic, rows, shutdown=shutdown))
             try:
                 await delete_acked()
