@@ -8,7 +8,9 @@ fresh producer: events are published at least once, and duplicates carry the sam
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x6C6F6D7372  # "lomsr": the one-active-relay lock
 # After a stop request the relay keeps flushing the batch in flight for this long (the process drain is 10 s).
 STOP_FLUSH_SECONDS = 7.0
+# How long the relay waits for the broker (metadata and a producer id) before its first claim.
+CONNECT_SECONDS = 5.0
+# librdkafka statistics, read only to learn when the idempotent producer got its producer id (see new_producer).
+STATS_INTERVAL_MS = 50
 
 
 class DeliveryFailedError(Exception):
@@ -38,7 +44,7 @@ class RelayStats:
     batches: int = 0
     failed_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
-    first_claim_at: float | None = None  # the first non-empty claim: draining time starts here
+    first_claim_at: float | None = None  # when the first non-empty claim was sent: draining time starts here
     last_delete_at: float | None = None
 
     @property
@@ -68,16 +74,41 @@ def producer_config(settings: LomsSettings) -> dict[str, Any]:
     )
 
 
-def new_producer(settings: LomsSettings) -> tuple[Producer, list[KafkaError]]:
-    """A relay producer and the list its failed deliveries are appended to (one list per producer, so a discarded
-    producer can never report into the batch of its successor)."""
+@dataclass
+class RelayProducer:
+    """A relay producer and what its callbacks report; one per producer, so a discarded producer can never report
+    into the batch of its successor."""
+
+    producer: Producer
+    errors: list[KafkaError]  # failed deliveries
+    has_pid: threading.Event  # the idempotent producer got its producer id; before that it cannot send
+
+
+def new_producer(settings: LomsSettings) -> RelayProducer:
+    """A relay producer whose failed deliveries and producer id are reported to its ``RelayProducer``.
+
+    librdkafka asks for the producer id when it is created, finds no broker connected yet and tries again only
+    500 ms later, so a fresh producer usually cannot send for half a second. The statistics (every
+    ``STATS_INTERVAL_MS``, served by ``poll``/``flush``) are the only public view of that state; ``reach_broker`` waits
+    on it so the relay does not claim rows it cannot send yet."""
     errors: list[KafkaError] = []
+    has_pid = threading.Event()
 
     def failed(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             errors.append(err)
 
-    return Producer({**producer_config(settings), "on_delivery": failed}), errors
+    def statistics(stats_json: str) -> None:
+        if not has_pid.is_set() and json.loads(stats_json).get("eos", {}).get("idemp_state") == "Assigned":
+            has_pid.set()
+
+    config = {
+        **producer_config(settings),
+        "on_delivery": failed,
+        "statistics.interval.ms": STATS_INTERVAL_MS,
+        "stats_cb": statistics,
+    }
+    return RelayProducer(Producer(config), errors, has_pid)
 
 
 class OutboxRow(Protocol):
@@ -176,8 +207,8 @@ async def pump(
     """
     options: LomsOptions = settings.loms
     topic = settings.events_topic()
-    producer, errors = new_producer(settings)
-    await _connect(producer, topic, shutdown=shutdown)
+    sender = new_producer(settings)
+    await reach_broker(sender, topic, shutdown=shutdown)
     rows: Sequence[OutboxRow] = []
     acked: Sequence[OutboxRow] = []  # acknowledged, not yet deleted
 
@@ -192,15 +223,18 @@ async def pump(
         while not shutdown.requested:
             if not rows:
                 await delete_acked()  # before claiming from the lowest id, or they would be claimed again
+                claimed_at = time.monotonic()
                 rows = await claim_batch(conn, options.batch_size)
                 if not rows:
                     if burst:
                         return
-                    await shutdown.sleep(options.idle_poll_seconds)
+                    await _idle(sender, options.idle_poll_seconds, shutdown=shutdown)
                     continue
-            if stats.first_claim_at is None:
-                stats.first_claim_at = time.monotonic()
-            sending = asyncio.create_task(publish(producer, errors, topic, rows, shutdown=shutdown))
+                if stats.first_claim_at is None:
+                    # Draining starts when the first non-empty claim was sent, so its PostgreSQL time counts, as it
+                    # does in the benchmark's raw claim-and-delete loop.
+                    stats.first_claim_at = claimed_at
+            sending = asyncio.create_task(publish(sender.producer, sender.errors, topic, rows, shutdown=shutdown))
             try:
                 await delete_acked()
                 ahead = await claim_ahead(conn, options.batch_size, rows)
@@ -213,7 +247,7 @@ async def pump(
             try:
                 sending.result()
             except DeliveryFailedError as exc:
-                producer, errors = _after_failure(producer, rows, exc, settings=settings, stats=stats)
+                sender = _after_failure(sender.producer, rows, exc, settings=settings, stats=stats)
                 rows = []  # claim again from the lowest id: the same batch, in the same order
                 if await shutdown.sleep(options.retry_backoff_seconds):
                     return
@@ -224,26 +258,36 @@ async def pump(
             acked, rows = rows, ([] if late else ahead)
         await delete_acked()
     finally:
-        await asyncio.to_thread(producer.flush, 2.0)
+        await asyncio.to_thread(sender.producer.flush, 2.0)
 
 
-async def _connect(producer: Producer, topic: str, *, shutdown: Shutdown) -> None:
-    """Reach the broker before the first claim (up to 5 s; if it stays unreachable the first batch simply waits and
-    is retried), so rows are not claimed only to wait for a connection."""
-    for _ in range(5):
+async def reach_broker(sender: RelayProducer, topic: str, *, shutdown: Shutdown) -> None:
+    """Reach the broker and get a producer id before the first claim (up to ``CONNECT_SECONDS``; if the broker stays
+    unreachable the first batch simply waits and is retried), so rows are not claimed only to wait for a connection."""
+    deadline = time.monotonic() + CONNECT_SECONDS
+    for _ in range(int(CONNECT_SECONDS)):
         if shutdown.requested:
             return
         try:
-            await asyncio.to_thread(producer.list_topics, topic, 1.0)
+            await asyncio.to_thread(sender.producer.list_topics, topic, 1.0)
         except KafkaException:
             continue
-        return
-    log.warning("Kafka not reachable yet; claiming anyway")
+        break
+    while not sender.has_pid.is_set() and not shutdown.requested and time.monotonic() < deadline:
+        await asyncio.to_thread(sender.producer.poll, 0.05)  # serves the statistics callback
+    if not sender.has_pid.is_set() and not shutdown.requested:
+        log.warning("Kafka not reachable yet; claiming anyway")
+
+
+async def _idle(sender: RelayProducer, seconds: float, *, shutdown: Shutdown) -> None:
+    """Wait for new rows. The producer's queued statistics callbacks are served first, or they would pile up."""
+    sender.producer.poll(0)
+    await shutdown.sleep(seconds)
 
 
 def _after_failure(
     producer: Producer, rows: Sequence[OutboxRow], exc: Exception, *, settings: LomsSettings, stats: RelayStats
-) -> tuple[Producer, list[KafkaError]]:
+) -> RelayProducer:
     """Log the failed batch and hand back a fresh producer: a new idempotence session, as the old one may hold a
     fatal error."""
     stats.failed_batches += 1

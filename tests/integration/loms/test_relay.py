@@ -12,7 +12,7 @@ import pytest
 from orderly.loms import repository as repo
 from orderly.loms import service
 from orderly.loms.domain import Item, Order, OrderStatus, order_event
-from orderly.loms.relay import RELAY_LOCK_KEY, run_relay
+from orderly.loms.relay import RELAY_LOCK_KEY, new_producer, reach_broker, run_relay
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import postgres_pool
 from tests.loms_support import prepare, read_topic
@@ -128,6 +128,18 @@ async def test_a_late_committing_lower_id_goes_out_before_the_same_orders_next_e
     messages = await asyncio.to_thread(read_topic, settings, expect=62)
     mine = [json.loads(m.value())["event_id"] for m in sorted(messages, key=lambda m: (m.partition(), m.offset()))]
     assert mine.index(first["event_id"]) < mine.index(second["event_id"])
+
+
+async def test_the_relay_has_a_producer_id_before_its_first_claim(namespace: Namespace) -> None:
+    """librdkafka asks for the idempotent producer's id again only 500 ms after a failed first try; the relay waits
+    for the id before claiming, so its first batch does not sit claimed and unsendable."""
+    loms = await prepare(namespace, "relay-pid")
+    sender = new_producer(loms.settings)
+    try:
+        await reach_broker(sender, loms.settings.events_topic(), shutdown=Shutdown())
+        assert sender.has_pid.is_set()
+    finally:
+        await asyncio.to_thread(sender.producer.flush, 2.0)
 
 
 async def _add(pool: asyncpg.Pool, event: dict[str, object]) -> None:
