@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderly.items import service
-from orderly.items.cache import ListCache
+from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.changelog import ChangeLog, LogQuery
 from orderly.items.domain import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, InvalidFieldError, NotFoundError
 from orderly.items.settings import ItemsSettings
@@ -53,6 +53,7 @@ class Runtime:
     redis: aioredis.Redis
     cache: ListCache
     changelog: ChangeLog
+    flights: SingleFlight[bytes]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -155,7 +156,7 @@ async def reprioritize_item(
 @router.get(LIST_PATH, summary="Items by priority (cached for a minute, never stale after a write)")
 async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
     # Documents the route and answers what ``ItemsFastPath`` hands on (HEAD, input it leaves to FastAPI's checks).
-    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset)
+    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights)
     (LIST_HIT if hit else LIST_MISS).inc()
     return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
 
@@ -324,7 +325,9 @@ class ItemsFastPath:
 
     @staticmethod
     async def _list(rt: Runtime, limit: int, offset: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset)
+        body, hit = await service.list_items(
+            pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights
+        )
         (LIST_HIT if hit else LIST_MISS).inc()
         headers = [
             (b"content-length", str(len(body)).encode()),
@@ -403,7 +406,8 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
             try:
-                yield {"items": Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog)}
+                runtime = Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog, flights=SingleFlight())
+                yield {"items": runtime}
             finally:
                 changelog.close()
 
