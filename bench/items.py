@@ -1,8 +1,9 @@
 """`make bench-items`: the items service on the local stack, measured with wrk and a lag probe.
 
 Phases: GET /items/list cached (one page, all hits) and uncached (random pages, mostly misses); a 90/10 read/write
-mix with the change-log lag (commit -> visible in /logs) sampled meanwhile; a backlog drain for rows per ClickHouse
-insert; the hello-world ceiling of the same HTTP stack. Results: bench/results/items.json and items.md.
+mix with the change-log lag (commit -> visible in /logs) sampled meanwhile; a write load (writes only, as fast as the
+service takes them) with rows per ClickHouse insert and the lag measured during it; a backlog drain for rows per
+ClickHouse insert; the hello-world ceiling of the same HTTP stack. Results: bench/results/items.json and items.md.
 """
 
 from __future__ import annotations
@@ -38,15 +39,32 @@ DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 SEED_ITEMS = 1000
 
-UNCACHED_LUA = """
-math.randomseed(os.time())
+# Each wrk thread runs its own Lua state; seeded alike (os.time() alone), the two threads sent the same sequence
+# of requests side by side, so about half of the "random" requests repeated the other thread's, concurrently.
+# setup() hands every thread its own number to seed with.
+SEED_LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+function init(args)
+  math.randomseed(os.time() * 16 + thread_number)
+end
+"""
+
+UNCACHED_LUA = (
+    SEED_LUA
+    + """
 request = function()
   return wrk.format("GET", "/items/list?limit=" .. math.random(10, 50) .. "&offset=" .. math.random(1, 1000))
 end
 """
+)
 
-MIX_LUA = f"""
-math.randomseed(os.time())
+MIX_LUA = (
+    SEED_LUA
+    + f"""
 local headers = {{["Content-Type"] = "application/json"}}
 request = function()
   if math.random() < 0.1 then
@@ -57,6 +75,27 @@ request = function()
   return wrk.format("GET", "/items/list?limit=10&offset=" .. math.random(1, 3))
 end
 """
+)
+
+
+# Writes only, as fast as the service takes them: "rows per ClickHouse insert under load" needs a load of changes,
+# and the 90/10 mix makes only ~80 per second. One in five creates (serialised by the priority lock), the rest
+# update a random seeded item.
+WRITE_LUA = (
+    SEED_LUA
+    + f"""
+local headers = {{["Content-Type"] = "application/json"}}
+request = function()
+  if math.random() < 0.2 then
+    return wrk.format("POST", "/item/create?campaignId=1", headers,
+                      '{{"name":"load-' .. math.random(1, 1000000000) .. '"}}')
+  end
+  local id = math.random(1, {SEED_ITEMS})
+  return wrk.format("PATCH", "/item/update?id=" .. id .. "&campaignId=1", headers,
+                    '{{"name":"load-' .. math.random(1, 1000000000) .. '"}}')
+end
+"""
+)
 
 
 def free_port() -> int:
@@ -170,19 +209,26 @@ async def seed(base: str) -> None:
 
 
 async def lag_probe(base: str, stop: asyncio.Event) -> list[float]:
-    """Update an item, then poll /logs until its event is there; seconds from the write's response to visibility."""
+    """Update an item, then poll /logs until its event is there; seconds from the write's response to visibility.
+
+    The probe updates an item of its own: the loads update the seeded items, and an update of the probed item by
+    the load made its newest event someone else's, so the probe waited out its 30 s (a sample lost, and the phase
+    it measured long over).
+    """
     lags: list[float] = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        created = await client.post("/item/create", params={"campaignId": 1}, json={"name": "lag-probe"})
+        item_id = created.json()["id"]
         n = 0
         while not stop.is_set():
             n += 1
             name = f"probe-{n}-{secrets.token_hex(3)}"
-            response = await client.patch("/item/update", params={"id": 1, "campaignId": 1}, json={"name": name})
+            response = await client.patch("/item/update", params={"id": item_id, "campaignId": 1}, json={"name": name})
             committed = time.monotonic()
             if response.status_code != 200:
                 continue
             while time.monotonic() - committed < 30:
-                logs = (await client.get("/logs", params={"itemId": 1, "limit": 1})).json()["logs"]
+                logs = (await client.get("/logs", params={"itemId": item_id, "limit": 1})).json()["logs"]
                 if logs and logs[0]["name"] == name:
                     lags.append(time.monotonic() - committed)
                     break
@@ -195,6 +241,19 @@ def percentile(values: list[float], pct: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def insert_summary(sizes: list[int]) -> dict[str, float]:
+    return {
+        "inserts": len(sizes),
+        "mean": round(statistics.fmean(sizes), 1) if sizes else 0,
+        "median": statistics.median(sizes) if sizes else 0,
+        "max": max(sizes, default=0),
+    }
+
+
+def lag_summary(lags: list[float]) -> dict[str, float]:
+    return {"samples": len(lags), "p50_s": round(percentile(lags, 50), 3), "p99_s": round(percentile(lags, 99), 3)}
 
 
 def insert_sizes(log: Path) -> list[int]:
@@ -276,24 +335,29 @@ def main() -> None:
 
         sizes_before = len(insert_sizes(procs["audit"].log))
 
-        async def mix_with_probe() -> tuple[dict[str, float], list[float]]:
+        async def with_probe(lua: str) -> tuple[dict[str, float], list[float]]:
             stop = asyncio.Event()
             probe = asyncio.create_task(lag_probe(base, stop))
-            mix = await asyncio.to_thread(with_hit_ratio, base, lambda: wrk(f"{base}/items/list", lua=MIX_LUA))
+            load = await asyncio.to_thread(with_hit_ratio, base, lambda: wrk(f"{base}/items/list", lua=lua))
             stop.set()
-            return mix, await probe
+            return load, await probe
 
-        results["mix_90_10"], lags = asyncio.run(mix_with_probe())
+        results["mix_90_10"], lags = asyncio.run(with_probe(MIX_LUA))
         mix_sizes = insert_sizes(procs["audit"].log)[sizes_before:]
-        results["change_log_lag"] = {
-            "samples": len(lags),
-            "p50_s": round(percentile(lags, 50), 3),
-            "p99_s": round(percentile(lags, 99), 3),
-        }
-        results["clickhouse_rows_per_insert_during_mix"] = {
-            "inserts": len(mix_sizes),
-            "mean": round(statistics.fmean(mix_sizes), 1) if mix_sizes else 0,
-            "max": max(mix_sizes, default=0),
+        results["change_log_lag"] = lag_summary(lags)
+        results["clickhouse_rows_per_insert_during_mix"] = insert_summary(mix_sizes)
+
+        # Write load: the inserts logged from its start until its last lag sample was seen (the probe's last write
+        # is the phase's last change, so the batch holding it is counted too).
+        sizes_before = len(insert_sizes(procs["audit"].log))
+        writes, lags = asyncio.run(with_probe(WRITE_LUA))
+        writes.pop("cache_hit_ratio", None)
+        seconds = float(DURATION.removesuffix("s"))
+        results["write_load"] = {
+            **writes,
+            "changes_per_s": round((writes["requests"] - writes["non_2xx"]) / seconds, 1),
+            "change_log_lag": lag_summary(lags),
+            "clickhouse_rows_per_insert": insert_summary(insert_sizes(procs["audit"].log)[sizes_before:]),
         }
 
         # Backlog drain: the audit process is away while 5,000 changes are made, then catches up.
@@ -308,12 +372,7 @@ def main() -> None:
                 break
             time.sleep(0.5)
         drain_sizes = insert_sizes(procs["audit"].log)
-        results["clickhouse_rows_per_insert_backlog"] = {
-            "writes": mix2["requests"],
-            "inserts": len(drain_sizes),
-            "mean": round(statistics.fmean(drain_sizes), 1) if drain_sizes else 0,
-            "max": max(drain_sizes, default=0),
-        }
+        results["clickhouse_rows_per_insert_backlog"] = {"writes": mix2["requests"], **insert_summary(drain_sizes)}
         results["rss_mb"] = {name: round(p.rss_mb(), 1) for name, p in procs.items()}
     finally:
         for proc in procs.values():
@@ -335,6 +394,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("list_cached", "GET /items/list, cached"),
         ("list_uncached", "GET /items/list, random pages (mostly misses)"),
         ("mix_90_10", "90% list / 10% PATCH update"),
+        ("write_load", "writes only (20% create / 80% update)"),
     ):
         m = r[key]
         rows.append(
@@ -346,6 +406,7 @@ def markdown(r: dict[str, Any]) -> str:
         r["clickhouse_rows_per_insert_during_mix"],
         r["clickhouse_rows_per_insert_backlog"],
     )
+    load = r["write_load"]
     cached, uncached, hello = r["list_cached"]["rps"], r["list_uncached"]["rps"], r["hello_world"]["rps"]
     rows += [
         "",
@@ -353,6 +414,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"- change-log lag (write response -> visible in /logs, {lag['samples']} samples during the mix): "
         f"p50 {lag['p50_s']} s, p99 {lag['p99_s']} s",
         f"- rows per ClickHouse insert during the mix: mean {mix['mean']}, max {mix['max']} ({mix['inserts']} inserts)",
+        f"- write load: {load['changes_per_s']} changes/s; rows per ClickHouse insert: mean "
+        f"{load['clickhouse_rows_per_insert']['mean']}, median {load['clickhouse_rows_per_insert']['median']}, max "
+        f"{load['clickhouse_rows_per_insert']['max']} ({load['clickhouse_rows_per_insert']['inserts']} inserts); "
+        f"change-log lag p50 {load['change_log_lag']['p50_s']} s, p99 {load['change_log_lag']['p99_s']} s "
+        f"({load['change_log_lag']['samples']} samples)",
         f"- rows per ClickHouse insert draining a backlog of {drain['writes']} writes: mean {drain['mean']}, "
         f"max {drain['max']} ({drain['inserts']} inserts)",
         f"- RSS per process (MB, largest of parent/worker): {r['rss_mb']}",

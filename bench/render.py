@@ -79,6 +79,7 @@ def _items(r: dict[str, Any]) -> dict[str, Any]:
             _bar("GET /items/list, cached", r["list_cached"]["rps"]),
             _bar("GET /items/list, uncached (random pages)", r["list_uncached"]["rps"], "baseline"),
             _bar("90 % list / 10 % update", r["mix_90_10"]["rps"]),
+            *([_bar("writes only (create / update)", r["write_load"]["rps"])] if "write_load" in r else []),
             _bar("hello-world JSON (stack ceiling)", r["hello_world"]["rps"], "limit"),
         ],
     }

@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -18,21 +21,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderly.items import service
-from orderly.items.cache import ListCache
+from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.changelog import ChangeLog, LogQuery
 from orderly.items.domain import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, InvalidFieldError, NotFoundError
 from orderly.items.settings import ItemsSettings
+from orderly.platform.http import LATENCY, REQUESTS, error_response
 from orderly.platform.http import create_app as create_platform_app
-from orderly.platform.http import error_response
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import clickhouse_client, postgres_pool, redis_client
 
 M = TypeVar("M", bound=BaseModel)
 NOT_FOUND_CODE = 3
 MAX_PAGE = 1000
+MAX_OFFSET = 2**31
+MAX_ID = 2**63 - 1
+MAX_FAST_BODY = 64 * 1024
+LIST_PATH, UPDATE_PATH, CREATE_PATH = "/items/list", "/item/update", "/item/create"
 LIST_CACHE = Counter("items_list_cache_total", "GET /items/list answers by source", ["result"])
+# Label children resolved once: ``labels()`` takes a lock and hashes its arguments on every call.
+LIST_HIT, LIST_MISS = LIST_CACHE.labels("hit"), LIST_CACHE.labels("miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class Runtime:
     redis: aioredis.Redis
     cache: ListCache
     changelog: ChangeLog
+    flights: SingleFlight[bytes]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -56,10 +67,10 @@ async def runtime(request: Request) -> Runtime:
 
 
 Rt = Annotated[Runtime, Depends(runtime)]
-ItemId = Annotated[int, Query(alias="id", ge=1, le=2**63 - 1)]
-CampaignId = Annotated[int, Query(alias="campaignId", ge=1, le=2**63 - 1)]
+ItemId = Annotated[int, Query(alias="id", ge=1, le=MAX_ID)]
+CampaignId = Annotated[int, Query(alias="campaignId", ge=1, le=MAX_ID)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-Offset = Annotated[int, Query(ge=1, le=2**31, description="1-based position of the first row")]
+Offset = Annotated[int, Query(ge=1, le=MAX_OFFSET, description="1-based position of the first row")]
 
 
 class ItemBody(BaseModel):
@@ -97,7 +108,7 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
 router = APIRouter()
 
 
-@router.post("/item/create", summary="Create an item at the end of the priority order")
+@router.post(CREATE_PATH, summary="Create an item at the end of the priority order")
 async def create_item(
     rt: Rt, campaign_id: CampaignId, body: Annotated[ItemBody, Depends(json_body(ItemBody))]
 ) -> dict[str, Any]:
@@ -107,7 +118,7 @@ async def create_item(
     return item.to_json()
 
 
-@router.patch("/item/update", summary="Change an item's name and description under a row lock")
+@router.patch(UPDATE_PATH, summary="Change an item's name and description under a row lock")
 async def update_item(
     rt: Rt, item_id: ItemId, campaign_id: CampaignId, body: Annotated[ItemBody, Depends(json_body(ItemBody))]
 ) -> dict[str, Any]:
@@ -142,11 +153,209 @@ async def reprioritize_item(
     return {"priorities": [{"id": item.id, "priority": item.priority} for item in changed]}
 
 
-@router.get("/items/list", summary="Items by priority (cached for a minute, never stale after a write)")
+@router.get(LIST_PATH, summary="Items by priority (cached for a minute, never stale after a write)")
 async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
-    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset)
-    LIST_CACHE.labels("hit" if hit else "miss").inc()
+    # Documents the route and answers what ``ItemsFastPath`` hands on (HEAD, input it leaves to FastAPI's checks).
+    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights)
+    (LIST_HIT if hit else LIST_MISS).inc()
     return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+def _plain_int(value: str | None, default: int | None, high: int) -> int | None:
+    """``value`` as an int in 1..high when it is plain ASCII digits, ``default`` when absent; None otherwise."""
+    if value is None:
+        return default
+    if not (0 < len(value) <= 19 and value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if 1 <= number <= high else None
+
+
+def _query(query_string: bytes, names: tuple[str, ...]) -> dict[str, str]:
+    """The named parameters read the way Starlette reads a query (latin-1, blanks kept, repeated: the last value)."""
+    found: dict[str, str] = {}
+    if query_string:
+        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if name in names:
+                found[name] = value
+    return found
+
+
+def list_page(query_string: bytes) -> tuple[int, int] | None:
+    """(limit, offset) of a list request whose query FastAPI would accept as it is; None to leave it to FastAPI.
+
+    Only values that are plain digits in range are taken here; anything else (signs, blanks, out of range) goes to
+    the FastAPI route, whose validation answers the 400 naming the field. The same holds for the write queries.
+    """
+    values = _query(query_string, ("limit", "offset"))
+    limit = _plain_int(values.get("limit"), 10, MAX_PAGE)
+    offset = _plain_int(values.get("offset"), 1, MAX_OFFSET)
+    return None if limit is None or offset is None else (limit, offset)
+
+
+def write_ids(query_string: bytes, *, with_item: bool) -> tuple[int, int] | None:
+    """(item id or 0, campaign id) of a write whose query FastAPI would accept as it is; None to leave it to FastAPI."""
+    values = _query(query_string, ("id", "campaignId"))
+    campaign_id = _plain_int(values.get("campaignId"), None, MAX_ID)
+    item_id = _plain_int(values.get("id"), None, MAX_ID) if with_item else 0
+    return None if campaign_id is None or item_id is None else (item_id, campaign_id)
+
+
+def _plain_text(value: object, low: int, high: int) -> bool:
+    # pydantic refuses strings that are not valid Unicode (lone surrogates from JSON escapes): leave those to it.
+    if type(value) is not str or not low <= len(value) <= high:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def item_body(raw: bytes) -> tuple[str, str | None, bool] | None:
+    """(name, description, whether description was given) of a body ``ItemBody`` accepts as it is; None otherwise."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if type(data) is not dict or not _plain_text(data.get("name"), 1, NAME_MAX_LENGTH):
+        return None
+    description = data.get("description")
+    if description is not None and not _plain_text(description, 0, DESCRIPTION_MAX_LENGTH):
+        return None
+    return data["name"], description, "description" in data
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None when the client went away first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands FastAPI the body already read, then whatever the server says next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _json(response: Response) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    return response.status_code, bytes(response.body), response.raw_headers
+
+
+class ItemsFastPath:
+    """Answers GET /items/list, PATCH /item/update and POST /item/create straight from ASGI, in front of FastAPI.
+
+    py-spy on the loaded API showed FastAPI's layers (middleware chain, routing, dependency solving, telemetry)
+    taking about three quarters of the CPU of a cached list request and over half of a write's. This path calls the
+    same use cases with the same arguments and answers the same bodies, headers and error bodies (the routes' own
+    404/400 handlers), counting each request under its route's template like the platform's metrics middleware.
+    Only input that FastAPI would take as it is gets here: plain digits in range, a JSON object whose fields have
+    the right types and lengths, a body with a Content-Length up to ``MAX_FAST_BODY``. Anything else (and every
+    other route and method) goes on to FastAPI unchanged, with the body already read handed over, so its validation
+    answers the 400 naming the field. An unexpected error propagates to the platform's 500 handler.
+    """
+
+    def __init__(self, app: ASGIApp, service: str = "items") -> None:
+        self.app = app
+        self._service = service
+        paths = (LIST_PATH, UPDATE_PATH, CREATE_PATH)
+        # Label children resolved once: ``labels()`` takes a lock and hashes its arguments on every call.
+        self._latency = {path: LATENCY.labels(service, path) for path in paths}
+        self._answered = {path: REQUESTS.labels(service, path, "200") for path in paths}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "GET" and path == LIST_PATH:
+                page = list_page(scope["query_string"])
+                if page is not None:
+                    await self._answer(path, send, self._list(scope["state"]["items"], *page))
+                    return
+            elif (method == "PATCH" and path == UPDATE_PATH) or (method == "POST" and path == CREATE_PATH):
+                ids = write_ids(scope["query_string"], with_item=path == UPDATE_PATH)
+                length = _content_length(scope)
+                if ids is not None and length is not None and length <= MAX_FAST_BODY:
+                    raw = await _read_body(receive)
+                    if raw is None:
+                        return  # the client went away: nobody to answer
+                    fields = item_body(raw)
+                    if fields is not None:
+                        await self._answer(path, send, self._write(scope["state"]["items"], path, ids, fields))
+                        return
+                    receive = _replay(raw, receive)
+        await self.app(scope, receive, send)
+
+    async def _answer(
+        self, path: str, send: Send, work: Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]
+    ) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            try:
+                status, body, headers = await work
+            except NotFoundError as exc:
+                status, body, headers = _json(not_found_response(exc))
+            except InvalidFieldError as exc:
+                status, body, headers = _json(invalid_field_response(exc))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            counter = self._answered[path] if status == 200 else REQUESTS.labels(self._service, path, str(status))
+            counter.inc()
+            self._latency[path].observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _list(rt: Runtime, limit: int, offset: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        body, hit = await service.list_items(
+            pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights
+        )
+        (LIST_HIT if hit else LIST_MISS).inc()
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-cache", b"hit" if hit else b"miss"),
+        ]
+        return 200, body, headers
+
+    @staticmethod
+    async def _write(
+        rt: Runtime, path: str, ids: tuple[int, int], fields: tuple[str, str | None, bool]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        (item_id, campaign_id), (name, description, described) = ids, fields
+        if path == CREATE_PATH:
+            item = await service.create_item(
+                pool=rt.pool, cache=rt.cache, campaign_id=campaign_id, name=name, description=description
+            )
+        else:
+            item = await service.update_item(
+                pool=rt.pool,
+                cache=rt.cache,
+                item_id=item_id,
+                campaign_id=campaign_id,
+                name=name,
+                description=description,
+                keep_description=not described,
+            )
+        return _json(JSONResponse(item.to_json()))
 
 
 @router.get("/logs", summary="Change events from ClickHouse, newest first")
@@ -163,14 +372,32 @@ async def logs(
     return {"meta": {"total": total, "limit": limit, "offset": offset}, "logs": events}
 
 
-async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+def not_found_response(exc: NotFoundError) -> JSONResponse:
     return JSONResponse({"code": NOT_FOUND_CODE, "message": exc.message, "details": {}}, status_code=404)
 
 
-async def _invalid_field(_request: Request, exc: InvalidFieldError) -> JSONResponse:
+def invalid_field_response(exc: InvalidFieldError) -> JSONResponse:
     return error_response(
         400, "invalid_request", f"invalid {exc.field}", fields=[{"field": exc.field, "message": exc.reason}]
     )
+
+
+async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+    return not_found_response(exc)
+
+
+async def _invalid_field(_request: Request, exc: InvalidFieldError) -> JSONResponse:
+    return invalid_field_response(exc)
+
+
+async def _session_has_nothing_to_reset(_conn: asyncpg.Connection) -> None:
+    """The pool's reset hook: the API's connections keep no session state, so returning one costs no query.
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release,
+    one more round trip per request (py-spy: ~5% of the API's CPU under writes). The API takes only
+    transaction-scoped advisory locks, opens no cursor outside a transaction, listens to nothing and sets nothing;
+    asyncpg still rolls back a transaction left open and drops listeners before calling this hook.
+    """
 
 
 def create_app(settings: ItemsSettings | None = None) -> FastAPI:
@@ -181,11 +408,19 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis) as redis:
+        async with (
+            postgres_pool(settings.postgres, reset=_session_has_nothing_to_reset) as pool,
+            redis_client(settings.redis) as redis,
+        ):
             changelog = ChangeLog(clickhouse_client(settings.clickhouse), database=settings.clickhouse.database)
             cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=settings.items.cache_ttl_seconds)
+            # Everything built so far lives as long as the process: out of the cyclic collector's reach, full
+            # collections under load only walk per-request garbage (shorter pauses, steadier p99).
+            gc.collect()
+            gc.freeze()
             try:
-                yield {"items": Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog)}
+                runtime = Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog, flights=SingleFlight())
+                yield {"items": runtime}
             finally:
                 changelog.close()
 
@@ -195,7 +430,7 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
     async def redis_ready(request: Request) -> bool:
         return bool(await _runtime(request).redis.ping())
 
-    return create_platform_app(
+    app = create_platform_app(
         service="items",
         lifespan=lifespan,
         routers=[router],
@@ -203,3 +438,6 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
         description="CRUD on items with row locks, a never-stale list cache and a change log in ClickHouse.",
         exception_handlers={NotFoundError: _not_found, InvalidFieldError: _invalid_field},
     )
+    # Added last, so it is the outermost user middleware: only Starlette's ServerErrorMiddleware runs before it.
+    app.add_middleware(ItemsFastPath, service="items")
+    return app

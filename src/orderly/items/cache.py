@@ -7,9 +7,13 @@ nobody asks for any more, so a stale page can never become visible after the wri
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+
+V = TypeVar("V")
 
 # One round trip for a hit: read the generation and the page stored under it.
 _READ = """
@@ -42,3 +46,35 @@ class ListCache:
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
         return int(await self._redis.incr(self._gen_key))
+
+
+class SingleFlight(Generic[V]):
+    """Concurrent loads of one key share a single run: the first caller starts it, later callers await the same.
+
+    The load runs in a task of its own, so a caller that goes away (client disconnect) neither cancels it for the
+    others nor leaves the page unstored; a failure reaches every caller still waiting.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Task[V]] = {}
+        self._callers: dict[Hashable, int] = {}
+
+    def callers(self, key: Hashable) -> int:
+        """How many callers share the load of ``key`` under way (0: none is)."""
+        return self._callers.get(key, 0)
+
+    async def run(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(load())
+            self._running[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        self._callers[key] = self._callers.get(key, 0) + 1
+        return await asyncio.shield(task)
+
+    def _forget(self, key: Hashable, done: asyncio.Task[V]) -> None:
+        if self._running.get(key) is done:
+            del self._running[key]
+            self._callers.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # marks a failure as seen: the callers that still wait get it raised

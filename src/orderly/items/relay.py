@@ -117,6 +117,10 @@ async def _relay_loop(
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_first(wake, shutdown), timeout=options.relay_idle_seconds)
+        # Under load every commit NOTIFYs, and claiming right away moved a handful of rows per transaction (five
+        # PostgreSQL round trips each, competing with the API's writes); a short linger lets one claim take them all.
+        if moved and options.relay_linger_seconds:
+            await shutdown.sleep(options.relay_linger_seconds)
 
 
 async def _first(wake: asyncio.Event, shutdown: Shutdown) -> None:

@@ -11,7 +11,7 @@ import uuid_utils
 from redis.exceptions import RedisError
 
 from orderly.items import repository as repo
-from orderly.items.cache import ListCache
+from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.domain import (
     CampaignNotFoundError,
     ChangeEvent,
@@ -107,9 +107,21 @@ async def reprioritize_item(
 
 
 async def list_items(
-    *, pool: asyncpg.Pool, cache: ListCache, limit: int, offset: int, after_load: AfterLoad | None = None
+    *,
+    pool: asyncpg.Pool,
+    cache: ListCache,
+    limit: int,
+    offset: int,
+    after_load: AfterLoad | None = None,
+    flights: SingleFlight[bytes] | None = None,
 ) -> tuple[bytes, bool]:
-    """The page as JSON bytes and whether it came from the cache (cache-aside, generation-keyed)."""
+    """The page as JSON bytes and whether it came from the cache (cache-aside, generation-keyed).
+
+    With ``flights``, concurrent misses of one page under one generation share one PostgreSQL read and one store
+    (a burst of readers after a write costs one query, not one each). Sharing cannot serve a page older than a
+    write the caller has seen answered: every write bumps the generation before its response, so a reader that
+    starts after that response sees the new generation and joins, or starts, a load of its own.
+    """
     generation: int | None
     try:
         generation, cached = await cache.lookup(limit=limit, offset=offset)
@@ -118,14 +130,21 @@ async def list_items(
         generation, cached = None, None
     if cached is not None:
         return cached, True
-    async with pool.acquire() as conn:
-        counts, items = await repo.page(conn, limit=limit, offset=offset)
-    body = Page(total=counts.total, removed=counts.removed, limit=limit, offset=offset, items=items).to_json_bytes()
-    if after_load is not None:
-        await after_load()
-    if generation is not None:
-        try:
-            await cache.store(generation=generation, limit=limit, offset=offset, body=body)
-        except RedisError:
-            log.warning("cache unavailable, page not stored", exc_info=True)
-    return body, False
+
+    async def load() -> bytes:
+        async with pool.acquire() as conn:
+            counts, items = await repo.page(conn, limit=limit, offset=offset)
+        page = Page(total=counts.total, removed=counts.removed, limit=limit, offset=offset, items=items)
+        body = page.to_json_bytes()
+        if after_load is not None:
+            await after_load()
+        if generation is not None:
+            try:
+                await cache.store(generation=generation, limit=limit, offset=offset, body=body)
+            except RedisError:
+                log.warning("cache unavailable, page not stored", exc_info=True)
+        return body
+
+    if flights is None or generation is None:
+        return await load(), False
+    return await flights.run((generation, limit, offset), load), False

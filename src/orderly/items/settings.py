@@ -23,6 +23,9 @@ class ItemsOptions(BaseModel):
     duplicate_window_seconds: float = Field(default=600, gt=0, description="JetStream Nats-Msg-Id dedupe window")
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_idle_seconds: float = Field(default=0.5, gt=0, description="outbox poll interval when no NOTIFY arrives")
+    relay_linger_seconds: float = Field(
+        default=0.05, ge=0, le=0.5, description="after a batch, wait this long so the next claim gathers more rows"
+    )
     audit_batch_size: int = Field(default=1000, ge=1, le=100_000, description="flush ClickHouse at this many events")
     audit_flush_seconds: float = Field(default=1.0, gt=0, description="... or this long after the first one")
     audit_ack_wait_seconds: float = Field(default=30, gt=0)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from orderly.items import service
-from orderly.items.cache import ListCache
+from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.settings import ItemsSettings
 from orderly.platform.pools import postgres_pool, redis_client
 from tests.integration.items.support import api_client, create, items_settings, wait_until
@@ -24,6 +24,16 @@ async def fresh(namespace: Namespace) -> ItemsSettings:
     from orderly.items.migrate import migrate
 
     settings = items_settings(await namespace.settings(f"cache{time.monotonic_ns()}"), cache_ttl_seconds=3)
+    await migrate(settings)
+    return settings
+
+
+@pytest.fixture
+async def own(namespace: Namespace) -> ItemsSettings:
+    """A migrated database of its own (default TTL), so a page holds every item the test made."""
+    from orderly.items.migrate import migrate
+
+    settings = items_settings(await namespace.settings(f"flight{time.monotonic_ns()}"))
     await migrate(settings)
     return settings
 
@@ -154,3 +164,71 @@ async def test_list_still_answers_from_postgresql_when_redis_is_unreachable(item
         body, hit = await service.list_items(pool=pool, cache=cache, limit=10, offset=1)
     assert not hit
     assert body.startswith(b'{"meta"')
+
+
+async def test_concurrent_misses_of_one_page_share_one_postgresql_read(own: ItemsSettings) -> None:
+    """Single flight: a burst of readers missing the same page under one generation costs one load and one store."""
+    async with postgres_pool(own.postgres) as pool, redis_client(own.redis) as redis:
+        cache = ListCache(redis, prefix=own.cache_prefix, ttl_seconds=60)
+        await service.create_item(pool=pool, cache=cache, campaign_id=1, name="burst", description=None)
+        flights: SingleFlight[bytes] = SingleFlight()
+        loads, release = 0, asyncio.Event()
+
+        async def count_and_hold() -> None:
+            nonlocal loads
+            loads += 1
+            await release.wait()
+
+        generation, _ = await cache.lookup(limit=999, offset=1)
+        readers = [
+            asyncio.create_task(
+                service.list_items(
+                    pool=pool, cache=cache, limit=999, offset=1, after_load=count_and_hold, flights=flights
+                )
+            )
+            for _ in range(10)
+        ]
+
+        async def all_joined() -> bool:
+            return flights.callers((generation, 999, 1)) == len(readers)
+
+        await wait_until(all_joined, within=10, what="every reader to miss and join the load")
+        release.set()
+        answers = await asyncio.gather(*readers)
+        assert loads == 1, "ten concurrent misses, one PostgreSQL read"
+        assert [hit for _, hit in answers] == [False] * 10
+        assert {body for body, _ in answers} == {answers[0][0]}
+        assert b'"burst"' in answers[0][0]
+
+
+async def test_a_shared_load_is_not_served_to_readers_that_start_after_a_write(own: ItemsSettings) -> None:
+    """Single flight keys by generation: a reader after a write's response never joins a load begun before it."""
+    async with postgres_pool(own.postgres) as pool, redis_client(own.redis) as redis:
+        cache = ListCache(redis, prefix=own.cache_prefix, ttl_seconds=60)
+        item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="before", description=None)
+        flights: SingleFlight[bytes] = SingleFlight()
+        loaded, release = asyncio.Event(), asyncio.Event()
+
+        async def pause_between_read_and_store() -> None:
+            loaded.set()
+            await release.wait()
+
+        reader = asyncio.create_task(
+            service.list_items(
+                pool=pool, cache=cache, limit=998, offset=1, after_load=pause_between_read_and_store, flights=flights
+            )
+        )
+        await asyncio.wait_for(loaded.wait(), timeout=10)
+        await service.update_item(
+            pool=pool, cache=cache, item_id=item.id, campaign_id=1, name="after", description=None
+        )
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=998, offset=1, flights=flights)
+        assert not hit
+        assert b'"after"' in body
+        assert b'"before"' not in body
+        release.set()
+        stale_body, _ = await reader
+        assert b'"before"' in stale_body, "the paused reader did load the old row (it overlapped the write)"
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=998, offset=1, flights=flights)
+        assert hit
+        assert b'"after"' in body
