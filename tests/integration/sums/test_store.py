@@ -11,7 +11,7 @@ import pytest
 
 from orderly.platform.pools import mysql_pool, redis_client
 from orderly.platform.settings import InfraSettings
-from orderly.sums.cache import IdempotencyCache
+from orderly.sums.cache import CacheUnavailableError, Existing, IdempotencyCache
 from orderly.sums.cli import migrate_database
 from orderly.sums.domain import StorageUnavailableError, SumRequest
 from orderly.sums.repository import SESSION_INIT, SumStore
@@ -92,3 +92,35 @@ async def test_mysql_down_is_503_with_nothing_applied_and_the_mark_released(fres
             await sums.submit(SumRequest(3, key))
         async with redis_client(fresh.redis) as direct:
             assert await direct.exists(cache.name(key)) == 0
+
+
+async def test_claims_sent_together_each_get_their_own_answer(fresh: InfraSettings) -> None:
+    """Claims of one event-loop turn share a pipeline; each still sees exactly what it would alone."""
+    run = secrets.token_hex(4)
+    async with redis_client(fresh.redis) as client:
+        cache = IdempotencyCache(client, prefix=fresh.redis.key_prefix, skip_after_failure_s=1)
+        await client.hset(cache.name(f"hash-{run}"), "f", "v")  # a value no claim can read: a server-side error
+        distinct = [cache.claim(f"d-{run}-{i}", f"P|d{i}|fp", ttl_ms=60_000) for i in range(40)]
+        same = [cache.claim(f"s-{run}", f"P|s{i}|fp", ttl_ms=60_000) for i in range(10)]
+        broken = cache.claim(f"hash-{run}", "P|h|fp", ttl_ms=60_000)
+        results = await asyncio.gather(*distinct, *same, broken, return_exceptions=True)
+        assert results[:40] == [None] * 40
+        assert results[40] is None  # the first claim of the key wins, in call order
+        assert all(
+            isinstance(r, Existing) and r.raw == b"P|s0|fp" and 0 < r.pttl_ms <= 60_000 for r in results[41:50]
+        ), results[41:50]
+        assert isinstance(results[50], CacheUnavailableError)  # only the broken key's caller fails
+        assert await client.get(cache.name(f"d-{run}-7")) == b"P|d7|fp"
+        assert 0 < await client.pttl(cache.name(f"d-{run}-7")) <= 60_000
+
+
+async def test_claims_sent_together_all_fail_as_unavailable_when_redis_is_unreachable(fresh: InfraSettings) -> None:
+    unreachable = fresh.redis.model_copy(update={"port": free_port()})
+    async with redis_client(unreachable, socket_connect_timeout=0.5, retry=None) as client:
+        cache = IdempotencyCache(client, prefix=fresh.redis.key_prefix, skip_after_failure_s=1)
+        results = await asyncio.gather(
+            *(cache.claim(f"u-{i}", "P|u|fp", ttl_ms=1_000) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, CacheUnavailableError) for r in results), results
+        with pytest.raises(CacheUnavailableError):  # and Redis is skipped for a while, as after any failure
+            await cache.claim("u-after", "P|u|fp", ttl_ms=1_000)
