@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import clickhouse_client, postgres_pool, redis_client
 
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 NOT_FOUND_CODE = 3
 MAX_PAGE = 1000
@@ -271,7 +273,9 @@ class ItemsFastPath:
     Only input that FastAPI would take as it is gets here: plain digits in range, a JSON object whose fields have
     the right types and lengths, a body with a Content-Length up to ``MAX_FAST_BODY``. Anything else (and every
     other route and method) goes on to FastAPI unchanged, with the body already read handed over, so its validation
-    answers the 400 naming the field. An unexpected error propagates to the platform's 500 handler.
+    answers the 400 naming the field. It wraps the whole FastAPI app (the ASGI app the server calls), so not even
+    FastAPI's outer layers (exception telemetry, body limit, error middleware) run on these paths; an unexpected error
+    gets the platform's 500 body and log line here.
     """
 
     def __init__(self, app: ASGIApp, service: str = "items") -> None:
@@ -316,6 +320,12 @@ class ItemsFastPath:
                 status, body, headers = _json(not_found_response(exc))
             except InvalidFieldError as exc:
                 status, body, headers = _json(invalid_field_response(exc))
+            except Exception as exc:
+                # What the platform's handler for Exception logs and answers (FastAPI's stack is not around us here).
+                log.exception("unhandled error", extra={"path": path, "error_type": type(exc).__name__})
+                status, body, headers = _json(
+                    error_response(500, "internal_error", "internal error; see the server log")
+                )
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
@@ -400,7 +410,7 @@ async def _session_has_nothing_to_reset(_conn: asyncpg.Connection) -> None:
     """
 
 
-def create_app(settings: ItemsSettings | None = None) -> FastAPI:
+def create_app(settings: ItemsSettings | None = None) -> ASGIApp:
     """The API process's composition root: settings, logging, pools, cache and change-log reader."""
     if settings is None:  # a real API process; tests pass their own settings and keep their logging
         settings = ItemsSettings()
@@ -438,6 +448,5 @@ def create_app(settings: ItemsSettings | None = None) -> FastAPI:
         description="CRUD on items with row locks, a never-stale list cache and a change log in ClickHouse.",
         exception_handlers={NotFoundError: _not_found, InvalidFieldError: _invalid_field},
     )
-    # Added last, so it is the outermost user middleware: only Starlette's ServerErrorMiddleware runs before it.
-    app.add_middleware(ItemsFastPath, service="items")
-    return app
+    # The outermost ASGI app: the hot paths skip every FastAPI layer; all else (and the lifespan) passes through.
+    return ItemsFastPath(app, service="items")

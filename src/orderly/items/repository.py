@@ -61,16 +61,6 @@ async def lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int)
     return None if row is None else _item(row)
 
 
-async def update_item(conn: asyncpg.Connection, *, item_id: int, name: str, description: str | None) -> Item:
-    row = await conn.fetchrow(
-        f"UPDATE items SET name = $2, description = $3 WHERE id = $1 RETURNING {ITEM_COLUMNS}",
-        item_id,
-        name,
-        description,
-    )
-    return _item(row)
-
-
 async def mark_removed(conn: asyncpg.Connection, *, item_id: int) -> Item:
     row = await conn.fetchrow(f"UPDATE items SET removed = true WHERE id = $1 RETURNING {ITEM_COLUMNS}", item_id)
     return _item(row)
@@ -91,22 +81,43 @@ async def shift_priorities(conn: asyncpg.Connection, *, item_id: int, new_priori
     return changed
 
 
-async def add_events(conn: asyncpg.Connection, events: Sequence[ChangeEvent]) -> None:
-    """Write change events into the outbox (same transaction as the change) and wake the relay on commit.
+# The outbox rows go in as arrays and pg_notify (delivered at commit, like NOTIFY) runs after them: one statement.
+_ADD_EVENTS = """added AS (
+       INSERT INTO items_outbox (event_id, subject, payload)
+       SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) RETURNING 1
+   )
+   SELECT pg_notify($4, '') FROM (SELECT count(*) FROM added) AS done"""
 
-    One statement, one round trip: the rows go in as arrays and pg_notify (delivered at commit, like NOTIFY) runs
-    after them. Writes are round-trip bound, so this saves about one seventh of an update's time in PostgreSQL.
-    """
-    await conn.execute(
-        """WITH added AS (
-               INSERT INTO items_outbox (event_id, subject, payload)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) RETURNING 1
-           )
-           SELECT pg_notify($4, '') FROM (SELECT count(*) FROM added) AS done""",
+
+def _event_arguments(events: Sequence[ChangeEvent]) -> tuple[list[str], list[str], list[str], str]:
+    return (
         [e.event_id for e in events],
         [e.subject for e in events],
         [json.dumps(e.payload(), ensure_ascii=False) for e in events],
         OUTBOX_CHANNEL,
+    )
+
+
+async def add_events(conn: asyncpg.Connection, events: Sequence[ChangeEvent]) -> None:
+    """Write change events into the outbox (same transaction as the change) and wake the relay on commit.
+
+    One round trip: writes are round-trip bound, so this saves about one seventh of an update's time in PostgreSQL.
+    """
+    await conn.execute("WITH " + _ADD_EVENTS, *_event_arguments(events))
+
+
+async def save_edit(conn: asyncpg.Connection, item: Item, events: Sequence[ChangeEvent]) -> None:
+    """Store an edited item's name and description and its change events in one statement (one round trip).
+
+    The caller holds the row lock (``lock_item``) and built ``item`` from the locked row, so the row as stored is
+    exactly ``item``: an edit changes no other column.
+    """
+    await conn.execute(
+        """WITH edited AS (UPDATE items SET name = $5, description = $6 WHERE id = $7 RETURNING 1), """ + _ADD_EVENTS,
+        *_event_arguments(events),
+        item.name,
+        item.description,
+        item.id,
     )
 
 

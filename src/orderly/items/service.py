@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -68,13 +69,12 @@ async def update_item(
         current = await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         if current is None:
             raise ItemNotFoundError(item_id)
-        item = await repo.update_item(
-            conn,
-            item_id=item_id,
+        item = replace(
+            current,
             name=clean_name(name),
             description=current.description if keep_description else clean_description(description),
         )
-        await repo.add_events(conn, _events("updated", [item]))
+        await repo.save_edit(conn, item, _events("updated", [item]))
     await cache.invalidate()
     return item
 

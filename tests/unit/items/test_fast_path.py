@@ -1,0 +1,59 @@
+"""The lean ASGI path in front of the items app: it answers on its own, with no FastAPI layer around it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY
+from starlette.types import Message, Receive, Scope, Send
+
+from orderly.items.app import ItemsFastPath, Runtime
+
+
+class BrokenCache:
+    """A cache whose lookup fails with an error no handler knows (not a Redis error: that one falls back)."""
+
+    async def lookup(self, **_page: int) -> tuple[int, bytes | None]:
+        raise RuntimeError("a bug")
+
+
+async def never_called(_scope: Scope, _receive: Receive, _send: Send) -> None:
+    raise AssertionError("the request went on to FastAPI")
+
+
+async def call(app: ItemsFastPath, scope: Scope) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_an_unexpected_error_on_the_fast_path_is_a_500_with_the_platforms_body_and_is_counted() -> None:
+    runtime: Any = Runtime(
+        pool=None,
+        redis=None,
+        cache=BrokenCache(),
+        changelog=None,
+        flights=None,
+    )
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/items/list",
+        "query_string": b"limit=5",
+        "headers": [],
+        "state": {"items": runtime},
+    }
+    labels = {"service": "items-test", "route": "/items/list", "status": "500"}
+    before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
+    sent = await call(ItemsFastPath(never_called, service="items-test"), scope)
+    assert sent[0]["status"] == 500
+    assert b'"error":"internal_error"' in sent[1]["body"]
+    assert b"a bug" not in sent[1]["body"]
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == before + 1
