@@ -21,6 +21,7 @@ import httpx
 import nats
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
+from starlette.types import ASGIApp, Message, Scope
 
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
@@ -162,6 +163,20 @@ class Namespace:
         if topics:
             for future in admin.delete_topics(topics, operation_timeout=30).values():
                 future.result()
+
+
+async def asgi_call(app: ASGIApp, scope: Scope) -> list[Message]:
+    """Call an ASGI app once with an empty request body; returns the messages it sent."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
 
 
 def free_port() -> int:

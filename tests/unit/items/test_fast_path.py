@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import REGISTRY
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from orderly.items.app import ItemsFastPath, Runtime
+from tests.plumbing import asgi_call
 
 
 class BrokenCache:
@@ -19,19 +20,6 @@ class BrokenCache:
 
 async def never_called(_scope: Scope, _receive: Receive, _send: Send) -> None:
     raise AssertionError("the request went on to FastAPI")
-
-
-async def call(app: ItemsFastPath, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
 
 
 async def test_an_unexpected_error_on_the_fast_path_is_a_500_with_the_platforms_body_and_is_counted() -> None:
@@ -52,7 +40,7 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_500_with_the_platforms_
     }
     labels = {"service": "items-test", "route": "/items/list", "status": "500"}
     before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
-    sent = await call(ItemsFastPath(never_called, service="items-test"), scope)
+    sent = await asgi_call(ItemsFastPath(never_called, service="items-test"), scope)
     assert sent[0]["status"] == 500
     assert b'"error":"internal_error"' in sent[1]["body"]
     assert b"a bug" not in sent[1]["body"]

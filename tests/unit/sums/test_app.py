@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from orderly.sums.app import ERROR_HANDLERS, SumFastPath, read_sum_inputs
 from orderly.sums.domain import (
@@ -23,6 +23,7 @@ from orderly.sums.domain import (
     SumRequest,
 )
 from orderly.sums.service import Answer
+from tests.plumbing import asgi_call
 
 # Characters that matter to query parsing (separators, escapes, '+', non-ASCII) plus a few plain ones.
 QUERY_TEXT = st.text(alphabet="&=%+;2AaF09 é€nubmerikyx-", max_size=40)
@@ -77,19 +78,6 @@ class State:
         self.service = service
 
 
-async def call(app: Any, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
-
-
 def http_scope(path: str = "/sum", query: bytes = b"", method: str = "GET", service: Any = None) -> Scope:
     return {
         "type": "http",
@@ -109,11 +97,11 @@ async def never_called(_scope: Scope, _receive: Receive, _send: Send) -> None:
 @pytest.mark.parametrize("path", ["/sum", "/test-sum-action"])
 async def test_a_sum_is_answered_with_the_bytes_starlettes_response_sends(replayed: bool, path: str) -> None:
     service = FakeService(Answer(b'{"sum":42}', replayed=replayed))
-    sent = await call(SumFastPath(never_called), http_scope(path, b"number=5&ikey=k", service=service))
+    sent = await asgi_call(SumFastPath(never_called), http_scope(path, b"number=5&ikey=k", service=service))
     expected = Response(
         b'{"sum":42}', media_type="application/json", headers={"Idempotent-Replayed": "true"} if replayed else None
     )
-    assert sent == await call(expected, http_scope(path))
+    assert sent == await asgi_call(expected, http_scope(path))
     assert service.requests == [SumRequest(number=5, key="k")]
 
 
@@ -127,15 +115,15 @@ async def test_a_sum_is_answered_with_the_bytes_starlettes_response_sends(replay
     ],
 )
 async def test_a_service_error_is_answered_by_the_routes_exception_handler(error: Exception) -> None:
-    sent = await call(SumFastPath(never_called), http_scope(service=FakeService(error)))
+    sent = await asgi_call(SumFastPath(never_called), http_scope(service=FakeService(error)))
     scope = http_scope()
     handled = await ERROR_HANDLERS[type(error)](Request(scope), error)
-    assert sent == await call(handled, scope)
+    assert sent == await asgi_call(handled, scope)
 
 
 async def test_bad_input_is_400_before_the_service_is_called() -> None:
     service = FakeService(Answer(b"{}", replayed=False))
-    sent = await call(SumFastPath(never_called), http_scope(query=b"number=0", service=service))
+    sent = await asgi_call(SumFastPath(never_called), http_scope(query=b"number=0", service=service))
     assert sent[0]["status"] == 400
     assert service.requests == []
 
@@ -143,7 +131,9 @@ async def test_bad_input_is_400_before_the_service_is_called() -> None:
 async def test_an_unexpected_error_is_a_500_with_the_platforms_body_and_is_counted() -> None:
     labels = {"service": "sums-test", "route": "/sum", "status": "500"}
     before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
-    sent = await call(SumFastPath(never_called, service="sums-test"), http_scope(service=FakeService(RuntimeError())))
+    sent = await asgi_call(
+        SumFastPath(never_called, service="sums-test"), http_scope(service=FakeService(RuntimeError()))
+    )
     assert sent[0]["status"] == 500
     assert b'"error":"internal_error"' in sent[1]["body"]
     assert b"Traceback" not in sent[1]["body"]
@@ -157,5 +147,5 @@ async def test_other_paths_and_methods_go_on_to_fastapi(path: str, method: str) 
     async def inner(scope: Scope, _receive: Receive, _send: Send) -> None:
         seen.append(scope["path"])
 
-    await call(SumFastPath(inner), http_scope(path, method=method))
+    await asgi_call(SumFastPath(inner), http_scope(path, method=method))
     assert seen == [path]
