@@ -20,7 +20,7 @@ from orderly.ingest import repository, service
 from orderly.ingest.broker import Publisher, declare_queues
 from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, InvalidRequestError, OutcomeUnknownError
 from orderly.ingest.settings import IngestOptions, IngestSettings
-from orderly.platform.http import LATENCY, REQUESTS, error_body, error_response
+from orderly.platform.http import RouteMetrics, error_body, error_response, internal_error
 from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import postgres_pool, rabbitmq_connection
@@ -110,10 +110,10 @@ class FastIngest:
 
     def __init__(self, app: ASGIApp, holder: dict[str, ApiState], *, retry_after_s: int) -> None:
         self.app, self.holder = app, holder
-        self.requests: dict[int, Any] = {}  # status -> labelled counter, created on first use like the middleware's
-        self.latency = LATENCY.labels("ingest", "/ingest")
+        self.metrics = RouteMetrics("ingest", ["/ingest"])
+        self.retry_after = (b"retry-after", str(retry_after_s).encode())
         body = _dumps(error_body("broker_unavailable", "the request was not queued; retry later"))
-        self.unavailable = (body, _json_headers(body, (b"retry-after", str(retry_after_s).encode())))
+        self.unavailable = (body, _json_headers(body, self.retry_after))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/ingest" or scope["method"] != "GET":
@@ -138,7 +138,7 @@ class FastIngest:
             except OutcomeUnknownError as exc:
                 status = 503
                 body = _dumps(outcome_unknown_body(exc))
-                headers = _json_headers(body, self.unavailable[1][-1])
+                headers = _json_headers(body, self.retry_after)
             except BrokerUnavailableError:
                 status = 503
                 body, headers = self.unavailable
@@ -147,19 +147,13 @@ class FastIngest:
                 body = accepted_body(accepted)
                 headers = _json_headers(body)
         except Exception as exc:
-            log.exception("unhandled error", extra={"path": "/ingest", "error_type": type(exc).__name__})
-            status = 500
-            body = _dumps(error_body("internal_error", "internal error; see the server log"))
-            headers = _json_headers(body)
+            error = internal_error("/ingest", exc)
+            status, body, headers = error.status_code, bytes(error.body), error.raw_headers
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
-            counter = self.requests.get(status)
-            if counter is None:
-                counter = self.requests[status] = REQUESTS.labels("ingest", "/ingest", str(status))
-            counter.inc()
-            self.latency.observe(time.perf_counter() - started)
+            self.metrics.observe("/ingest", status, started)
 
 
 def outcome_unknown_body(exc: OutcomeUnknownError) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qsl
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -29,7 +28,7 @@ from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.changelog import ChangeLog, LogQuery
 from orderly.items.domain import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, InvalidFieldError, NotFoundError
 from orderly.items.settings import ItemsSettings
-from orderly.platform.http import LATENCY, REQUESTS, error_response
+from orderly.platform.http import RouteMetrics, error_response, internal_error, query_params
 from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import clickhouse_client, postgres_pool, redis_client
@@ -173,23 +172,13 @@ def _plain_int(value: str | None, default: int | None, high: int) -> int | None:
     return number if 1 <= number <= high else None
 
 
-def _query(query_string: bytes, names: tuple[str, ...]) -> dict[str, str]:
-    """The named parameters read the way Starlette reads a query (latin-1, blanks kept, repeated: the last value)."""
-    found: dict[str, str] = {}
-    if query_string:
-        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            if name in names:
-                found[name] = value
-    return found
-
-
 def list_page(query_string: bytes) -> tuple[int, int] | None:
     """(limit, offset) of a list request whose query FastAPI would accept as it is; None to leave it to FastAPI.
 
     Only values that are plain digits in range are taken here; anything else (signs, blanks, out of range) goes to
     the FastAPI route, whose validation answers the 400 naming the field. The same holds for the write queries.
     """
-    values = _query(query_string, ("limit", "offset"))
+    values = query_params(query_string)
     limit = _plain_int(values.get("limit"), 10, MAX_PAGE)
     offset = _plain_int(values.get("offset"), 1, MAX_OFFSET)
     return None if limit is None or offset is None else (limit, offset)
@@ -197,7 +186,7 @@ def list_page(query_string: bytes) -> tuple[int, int] | None:
 
 def write_ids(query_string: bytes, *, with_item: bool) -> tuple[int, int] | None:
     """(item id or 0, campaign id) of a write whose query FastAPI would accept as it is; None to leave it to FastAPI."""
-    values = _query(query_string, ("id", "campaignId"))
+    values = query_params(query_string)
     campaign_id = _plain_int(values.get("campaignId"), None, MAX_ID)
     item_id = _plain_int(values.get("id"), None, MAX_ID) if with_item else 0
     return None if campaign_id is None or item_id is None else (item_id, campaign_id)
@@ -280,11 +269,7 @@ class ItemsFastPath:
 
     def __init__(self, app: ASGIApp, service: str = "items") -> None:
         self.app = app
-        self._service = service
-        paths = (LIST_PATH, UPDATE_PATH, CREATE_PATH)
-        # Label children resolved once: ``labels()`` takes a lock and hashes its arguments on every call.
-        self._latency = {path: LATENCY.labels(service, path) for path in paths}
-        self._answered = {path: REQUESTS.labels(service, path, "200") for path in paths}
+        self._metrics = RouteMetrics(service, (LIST_PATH, UPDATE_PATH, CREATE_PATH))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -322,16 +307,11 @@ class ItemsFastPath:
                 status, body, headers = _json(invalid_field_response(exc))
             except Exception as exc:
                 # What the platform's handler for Exception logs and answers (FastAPI's stack is not around us here).
-                log.exception("unhandled error", extra={"path": path, "error_type": type(exc).__name__})
-                status, body, headers = _json(
-                    error_response(500, "internal_error", "internal error; see the server log")
-                )
+                status, body, headers = _json(internal_error(path, exc))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
-            counter = self._answered[path] if status == 200 else REQUESTS.labels(self._service, path, str(status))
-            counter.inc()
-            self._latency[path].observe(time.perf_counter() - started)
+            self._metrics.observe(path, status, started)
 
     @staticmethod
     async def _list(rt: Runtime, limit: int, offset: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orderly.platform.http import LATENCY, REQUESTS, error_response
+from orderly.platform.http import RouteMetrics, error_response, internal_error, query_params
 from orderly.platform.http import create_app as platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import mysql_pool, redis_client
@@ -110,12 +109,12 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
 def read_sum_inputs(scope: Scope) -> tuple[str | None, str | None, str | None]:
     """``number``, ``ikey`` and the ``Idempotency-Key`` header, read as FastAPI's ``Query``/``Header`` read them.
 
-    As Starlette's ``QueryParams``: the query string decoded as latin-1, then ``parse_qsl(keep_blank_values=True)``
-    (percent-decoding as UTF-8), a repeated parameter's last value. As Starlette's ``Headers``: the first header whose
-    (lower-case, as ASGI delivers them) name matches, its value decoded as latin-1. Done by hand because building
-    Starlette's ``Request``, ``QueryParams`` and ``Headers`` for three values showed up in py-spy on every request.
+    The query as the platform's ``query_params`` reads it (Starlette's rules). As Starlette's ``Headers``: the first
+    header whose (lower-case, as ASGI delivers them) name matches, its value decoded as latin-1. Done by hand because
+    building Starlette's ``Request``, ``QueryParams`` and ``Headers`` for three values showed up in py-spy on every
+    request.
     """
-    params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    params = query_params(scope["query_string"])
     header_key = None
     for name, value in scope["headers"]:
         if name == b"idempotency-key":
@@ -147,9 +146,7 @@ class SumFastPath:
 
     def __init__(self, app: ASGIApp, service: str = "sums") -> None:
         self.app, self.service = app, service
-        # Labelled children looked up once: ``.labels()`` per request hashes and locks every time.
-        self._latency = {path: LATENCY.labels(service, path) for path in SUM_PATHS}
-        self._requests: dict[tuple[str, int], Any] = {}
+        self.metrics = RouteMetrics(service, SUM_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in SUM_PATHS or scope["method"] not in ("GET", "POST"):
@@ -170,8 +167,7 @@ class SumFastPath:
                 return
             except Exception as error:
                 # What the platform's handler for Exception logs and answers (FastAPI's stack is not around us here).
-                log.exception("unhandled error", extra={"path": scope["path"], "error_type": type(error).__name__})
-                response = error_response(500, "internal_error", "internal error; see the server log")
+                response = internal_error(scope["path"], error)
                 await response(scope, receive, send)
                 return
             status = 200
@@ -184,12 +180,7 @@ class SumFastPath:
             )
             await send({"type": "http.response.body", "body": answer.body})
         finally:
-            path = scope["path"]
-            counter = self._requests.get((path, status))
-            if counter is None:
-                counter = self._requests[path, status] = REQUESTS.labels(self.service, path, str(status))
-            counter.inc()
-            self._latency[path].observe(time.perf_counter() - started)
+            self.metrics.observe(scope["path"], status, started)
 
 
 async def _purge_loop(store: SumStore, options: SumsOptions) -> None:
