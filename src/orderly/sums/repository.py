@@ -92,40 +92,34 @@ class SumStore:
             log.warning("mysql transaction failed", extra={"error": repr(error)})
             raise StorageUnavailableError("the sum store is unavailable") from error
 
-    async def current_total(self) -> int:
-        """The committed sum (a read-only request; nothing to be stale against)."""
+    async def _fetch_one(self, sql: str, args: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
+        """One row of a read-only statement on a pooled connection (rolled back after; a broken one is closed)."""
         try:
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.cursor() as cur:
-                        await cur.execute("SELECT total FROM sum_total WHERE id = 1")
-                        row = await cur.fetchone()
+                        await cur.execute(sql, args)
+                        row: tuple[Any, ...] | None = await cur.fetchone()
                     await conn.rollback()
                 except BaseException:
                     conn.close()
                     raise
         except _STORAGE_ERRORS as error:
             raise StorageUnavailableError("the sum store is unavailable") from error
+        return row
+
+    async def current_total(self) -> int:
+        """The committed sum (a read-only request; nothing to be stale against)."""
+        row = await self._fetch_one("SELECT total FROM sum_total WHERE id = 1")
         if row is None:
             raise StorageUnavailableError("sum_total has no row; run `orderly sums migrate`")
         return int(row[0])
 
     async def find_key(self, key: str) -> StoredResponse | None:
         """The committed row of a key, if any (used to tell a live in-progress mark from a stale one)."""
-        try:
-            async with self._pool.acquire() as conn:
-                try:
-                    async with conn.cursor() as cur:
-                        await cur.execute(
-                            "SELECT fingerprint, response FROM idempotency_keys WHERE ikey = %s", (key.encode(),)
-                        )
-                        row = await cur.fetchone()
-                    await conn.rollback()
-                except BaseException:
-                    conn.close()
-                    raise
-        except _STORAGE_ERRORS as error:
-            raise StorageUnavailableError("the sum store is unavailable") from error
+        row = await self._fetch_one(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE ikey = %s", (key.encode(),)
+        )
         return None if row is None else StoredResponse(fingerprint=str(row[0]), body=str(row[1]).encode())
 
     async def add_autocommit(self, amount: int) -> None:
