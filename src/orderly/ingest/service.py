@@ -11,7 +11,13 @@ from uuid import UUID
 
 from uuid_utils.compat import uuid7
 
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, OutcomeUnknownError, parse_numbers
+from orderly.ingest.domain import (
+    AcceptedRequest,
+    BrokerUnavailableError,
+    OutcomeUnknownError,
+    StoredBatch,
+    parse_numbers,
+)
 from orderly.ingest.settings import IngestOptions
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,7 @@ async def accept(
 
 
 class BatchStore(Protocol):
-    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> int: ...
+    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> StoredBatch: ...
 
 
 class StoreFailedError(Exception):
@@ -64,7 +70,7 @@ async def store_with_retry(
     on_transient: Callable[[BaseException], Awaitable[bool]],
     transient: tuple[type[BaseException], ...],
     max_attempts: int,
-) -> int:
+) -> StoredBatch:
     """Store one batch, waiting out transient errors (``on_transient`` returns False to give up) and retrying a
     permanent error up to ``max_attempts`` times. Nothing is acknowledged here: the caller acks after this returns."""
     failures = 0

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -14,8 +15,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from prometheus_client import Counter, start_http_server
 
 from orderly.ingest import repository
-from orderly.ingest.broker import BROKER_ERRORS, declare_queues
-from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError
+from orderly.ingest.broker import BROKER_ERRORS, DeadLetters, declare_queues
+from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError, RejectedFrameError
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.lifecycle import Shutdown
@@ -26,6 +27,7 @@ STORED = Counter("ingest_requests_stored_total", "Requests inserted into Postgre
 DUPLICATES = Counter("ingest_redeliveries_skipped_total", "Delivered requests already stored (or revoked)")
 BATCHES = Counter("ingest_batches_total", "Batches committed")
 POISON = Counter("ingest_poison_messages_total", "Messages that could not be stored", ["action"])
+REJECTED_FRAMES = Counter("ingest_stomp_rejected_total", "STOMP requests dead-lettered for breaking the contract")
 DB_WAITS = Counter("ingest_database_unavailable_total", "Transient PostgreSQL errors waited out")
 
 BURST_IDLE_S = 0.5
@@ -66,6 +68,7 @@ class Session:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.lost = asyncio.Event()
         self.backoff = 0.1
+        self.dead_letters: DeadLetters | None = None  # set in run(), on a channel with publisher confirms
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -135,7 +138,7 @@ class Session:
         """Commit the batch, then ack every delivery up to its last tag with one multiple-ack."""
         if not batch:
             return
-        inserted = await store_with_retry(
+        stored = await store_with_retry(
             batch=[request for _, request in batch],
             store=self.writer.store,
             on_transient=self.on_transient,
@@ -143,9 +146,16 @@ class Session:
             max_attempts=self.options.max_attempts,
         )
         self.backoff = 0.1
-        STORED.inc(inserted)
-        DUPLICATES.inc(len(batch) - inserted)
+        STORED.inc(stored.inserted)
+        DUPLICATES.inc(len(batch) - stored.inserted)
         BATCHES.inc()
+        for index in stored.skipped:
+            message = batch[index][0]
+            # A redelivery of a stored request is skipped silently; a client that SENT a token again is told why.
+            if self.from_stomp(message) and not message.redelivered:
+                await self.reject_frame(
+                    message, f"duplicate token {batch[index][1].token}: stored once already", ack=False
+                )
         try:
             await batch[-1][0].ack(multiple=True)
         except BROKER_ERRORS as exc:
@@ -182,12 +192,53 @@ class Session:
         except BROKER_ERRORS as error:
             raise ChannelLostError from error
 
+    def from_stomp(self, message: AbstractIncomingMessage) -> bool:
+        return message.exchange == self.options.stomp_exchange
+
+    def decode(self, message: AbstractIncomingMessage) -> AcceptedRequest:
+        """The request in a delivery: written by our API (JSON object) or SENT by a client over STOMP."""
+        if self.from_stomp(message):
+            return AcceptedRequest.from_stomp(
+                message.body,
+                token=(message.headers or {}).get("token"),
+                received_at=datetime.now(UTC),
+                max_numbers=self.options.max_numbers,
+                max_body_bytes=self.options.stomp_max_body_bytes,
+            )
+        return AcceptedRequest.from_message(message.body)
+
+    async def reject_frame(self, message: AbstractIncomingMessage, reason: str, *, ack: bool = True) -> None:
+        """A client's bad request: parked in the dead-letter queue with its reason; the line goes on.
+
+        ``ack=False`` when the caller's multiple-ack covers the delivery (a duplicate inside a stored batch).
+        """
+        assert self.dead_letters is not None, "run() opens the dead-letter channel before consuming"
+        REJECTED_FRAMES.inc()
+        log.warning(
+            "STOMP request dead-lettered",
+            extra={
+                "reason": reason,
+                "queue": self.options.dead_letter_queue,
+                "token": (message.headers or {}).get("token"),
+            },
+        )
+        try:
+            await self.dead_letters.park(message, reason)
+            if ack:
+                await message.ack()
+        except BROKER_ERRORS as exc:
+            raise ChannelLostError from exc
+
     async def process(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Store the decodable run before a malformed message, deal with that one, continue with the rest."""
         run: list[tuple[AbstractIncomingMessage, AcceptedRequest]] = []
         for message in messages:
             try:
-                run.append((message, AcceptedRequest.from_message(message.body)))
+                run.append((message, self.decode(message)))
+            except RejectedFrameError as exc:
+                await self.store_or_isolate(run)
+                run = []
+                await self.reject_frame(message, exc.reason)
             except MalformedMessageError as exc:
                 await self.store_or_isolate(run)
                 run = []
@@ -200,6 +251,9 @@ class Session:
         channel.close_callbacks.add(self.on_close)
         # Prefetch two batches so the next one is already here while this one commits.
         await channel.set_qos(prefetch_count=min(2 * self.options.batch_size, 65535))
+        confirmed = await connection.channel(publisher_confirms=True)
+        confirmed.close_callbacks.add(self.on_close)
+        self.dead_letters = DeadLetters(confirmed, queue=self.options.dead_letter_queue)
         queue = await declare_queues(channel, self.options)
         await queue.consume(self.on_message, no_ack=False)
         log.info("consuming (single active consumer; a second worker waits as standby)", extra={"queue": queue.name})

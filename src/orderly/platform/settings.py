@@ -75,6 +75,7 @@ class RabbitMQSettings(BaseModel):
         default=15684, ge=1, le=65535
     )  # Erlang distribution (CLI tools use +1…+11, description="Erlang distribution port (local stack only)")
     epmd_port: int = Field(default=14369, ge=1, le=65535, description="epmd port (local stack only)")
+    stomp_port: int = Field(default=16613, ge=1, le=65535, description="STOMP port (the broker's STOMP plugin)")
     user: str = Field(default="guest", description="RabbitMQ user")
     password: SecretStr = Field(default=SecretStr("guest"), description="RabbitMQ password")
     vhost: str = Field(default="/", description="RabbitMQ virtual host")

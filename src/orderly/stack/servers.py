@@ -264,6 +264,7 @@ class RabbitMQ(Server):
             "management": cfg.management_port,
             "distribution": cfg.distribution_port,
             "epmd": cfg.epmd_port,
+            "stomp": cfg.stomp_port,
         }
 
     @property
@@ -301,16 +302,18 @@ class RabbitMQ(Server):
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.ports['management']}\n"
+            f"stomp.listeners.tcp.1 = 127.0.0.1:{self.ports['stomp']}\n"
             "log.console = false\nlog.file.level = info\n"
         )
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        # STOMP: clients may write into ingest's queue directly (docs/ingest.md, "STOMP").
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_stomp].\n")
 
     def command(self) -> list[str]:
         return [str(RABBITMQ_BIN / "rabbitmq-server")]
 
     def is_ready(self) -> bool:
         cfg = self.settings.rabbitmq
-        return accepts_tcp(cfg.port) and http_ok(
+        return accepts_tcp(cfg.port) and accepts_tcp(cfg.stomp_port) and http_ok(
             f"http://127.0.0.1:{cfg.management_port}/api/overview",
             auth=(cfg.user, cfg.password.get_secret_value()),
         )
