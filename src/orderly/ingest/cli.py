@@ -96,3 +96,21 @@ def daemon(
         await run_daemon(settings, shutdown)
 
     run_process(main)
+
+
+@app.command()
+def send(
+    numbers: Annotated[list[int], typer.Argument(help="The integers of one request (put -- before negatives).")],
+    stomp: Annotated[bool, typer.Option("--stomp", help="SEND over STOMP instead of GET /ingest.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the 202 or the RECEIPT.", min=0.1)] = 10.0,
+) -> None:
+    """Send one request and print its token once it is accepted (202 over HTTP, RECEIPT over STOMP)."""
+    from orderly.ingest.client import NotAcceptedError, send_http, send_stomp
+
+    settings = IngestSettings()
+    try:
+        token = (send_stomp if stomp else send_http)(settings, numbers, timeout=timeout)
+    except NotAcceptedError as exc:
+        typer.echo(f"not accepted: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(token))
