@@ -213,6 +213,7 @@ class ScratchStack:
             "ORDERLY_RABBITMQ__MANAGEMENT_PORT": str(p()),
             "ORDERLY_RABBITMQ__DISTRIBUTION_PORT": str(p()),
             "ORDERLY_RABBITMQ__EPMD_PORT": str(p()),
+            "ORDERLY_RABBITMQ__STOMP_PORT": str(p()),
             "ORDERLY_KAFKA__PORT": str(p()),
             "ORDERLY_KAFKA__CONTROLLER_PORT": str(p()),
         }

@@ -103,19 +103,21 @@ class StompSender:
     def send(self, numbers: Sequence[int], *, token: UUID | None = None) -> UUID:
         """SEND one request and wait for its RECEIPT; raises NotAcceptedError when none comes."""
         token = token or uuid7()
+        self.send_frame(json.dumps(list(numbers)), {"token": str(token)})
+        return token
+
+    def send_frame(self, body: str, headers: dict[str, str]) -> None:
+        """SEND any body with these headers (plus persistent and receipt) and wait for its RECEIPT."""
         self._next += 1
-        receipt = f"{token}-{self._next}"
+        receipt = f"orderly-{self._next}"
         arrived = self.receipts.expect(receipt)
-        headers = {"persistent": "true", "receipt": receipt, "token": str(token)}
+        headers = {**headers, "persistent": "true", "receipt": receipt}
         try:
-            self.connection.send(
-                self.destination, json.dumps(list(numbers)), content_type="application/json", headers=headers
-            )
+            self.connection.send(self.destination, body, content_type="application/json", headers=headers)
         except stomp.exception.StompException as exc:
             raise NotAcceptedError(f"STOMP send failed: {type(exc).__name__}") from exc
         if not arrived.wait(self.timeout) or self.receipts.failure:
-            raise NotAcceptedError(f"no RECEIPT for token {token}: {self.receipts.failure or 'timed out'}")
-        return token
+            raise NotAcceptedError(f"no RECEIPT for {headers.get('token')}: {self.receipts.failure or 'timed out'}")
 
 
 def send_stomp(settings: IngestSettings, numbers: Sequence[int], *, timeout: float = 10.0) -> UUID:

@@ -313,9 +313,13 @@ class RabbitMQ(Server):
 
     def is_ready(self) -> bool:
         cfg = self.settings.rabbitmq
-        return accepts_tcp(cfg.port) and accepts_tcp(cfg.stomp_port) and http_ok(
-            f"http://127.0.0.1:{cfg.management_port}/api/overview",
-            auth=(cfg.user, cfg.password.get_secret_value()),
+        return (
+            accepts_tcp(cfg.port)
+            and accepts_tcp(cfg.stomp_port)
+            and http_ok(
+                f"http://127.0.0.1:{cfg.management_port}/api/overview",
+                auth=(cfg.user, cfg.password.get_secret_value()),
+            )
         )
 
     def after_stop(self) -> None:

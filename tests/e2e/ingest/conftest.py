@@ -16,6 +16,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from orderly.ingest.client import NotAcceptedError, StompSender
+from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
 from tests.plumbing import Processes, Spawned, free_port, infra_env
 
@@ -101,6 +103,45 @@ async def send_requests(
                 results.append(sent)
 
     await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return results
+
+
+async def send_stomp_requests(
+    settings: InfraSettings,
+    *,
+    clients: int,
+    per_client: int,
+    first_marker: int = 0,
+    stop: asyncio.Event | None = None,
+) -> list[Sent]:
+    """Like ``send_requests``, over STOMP: a request counts as accepted (status 202) when its RECEIPT arrived.
+
+    A request whose receipt did not come records -1 (nothing promised); its client then connects again.
+    """
+    ingest = IngestSettings(rabbitmq=settings.rabbitmq, postgres=settings.postgres)
+    results: list[Sent] = []
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    def one_client(index: int) -> None:
+        i = 0
+        while i < per_client and not stopped():
+            try:
+                with StompSender(ingest, timeout=10) as sender:
+                    while i < per_client and not stopped():
+                        marker = first_marker + index * per_client + i
+                        i += 1
+                        numbers = [marker] + [marker * 10 + k for k in range(marker % 3)]
+                        sent = Sent(marker=marker, numbers=numbers, sent_at=time.perf_counter(), status=-1)
+                        results.append(sent)
+                        sent.token = str(sender.send(numbers))
+                        sent.status = 202
+                        sent.answered_at = time.perf_counter()
+            except NotAcceptedError:
+                time.sleep(0.05)  # pacing of this client's reconnects while the broker is away
+
+    await asyncio.gather(*(asyncio.to_thread(one_client, i) for i in range(clients)))
     return results
 
 
