@@ -100,6 +100,11 @@ class TeePrinter(Printer):  # type: ignore[misc]
         file.write(data)
         file.flush()
 
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+        self.files.clear()
+
 
 class Stream:
     """The supervisor's output as honcho prints it: a time, the process's name in its colour, the line."""
@@ -202,7 +207,7 @@ def up(*, stop_stack_on_exit: bool = True, processes: Sequence[ProcessSpec] | No
             f"the supervisor port 127.0.0.1:{port} is taken ({error.strerror})",
             "stop the other `orderly up`, or run this one with ORDERLY_UP__PORT_OFFSET=<n>",
         ) from None
-    with status:
+    with status, contextlib.closing(printer):
         return _run(supervisor, services, stop_stack_on_exit=stop_stack_on_exit, port=port)
 
 
