@@ -8,6 +8,8 @@
   SIGTERM and given the drain deadline to exit, then sent SIGKILL once. One line per process.
 - Each process runs in a process group of its own. When a process dies, whatever it left behind in its group (e.g. an
   HTTP worker) is killed before it is started again, so nothing old keeps holding its port.
+- If the supervisor itself is killed with -9, the kernel sends each process SIGTERM (``PR_SET_PDEATHSIG``): they drain
+  and exit rather than run on unsupervised.
 - ``/status`` (JSON) and ``/metrics`` (Prometheus) on a loopback port tell what runs, in which state, restarted how
   often.
 
@@ -37,6 +39,8 @@ import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from orderly.platform.orphans import dying_with_this_process
 
 PROBE_INTERVAL = 0.2
 POLL_INTERVAL = 0.05
@@ -229,6 +233,7 @@ class Supervisor:
         ]
         self._published: tuple[ProcessStatus, ...] = tuple(c.status for c in self._children)
         self._stop = asyncio.Event()
+        self._die_with_us = dying_with_this_process(signal.SIGTERM)
 
     def status(self) -> tuple[ProcessStatus, ...]:
         """The current state of every process, in start order (safe to call from any thread)."""
@@ -292,6 +297,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: signals and leftovers are handled per process
+                preexec_fn=self._die_with_us,  # if this supervisor is killed with -9, its processes still drain
             )
         except OSError as error:
             child.run = None

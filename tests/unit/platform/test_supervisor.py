@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import psutil
@@ -224,3 +226,40 @@ def test_a_taken_status_port_fails_before_anything_starts() -> None:
     port = free_port()
     with StatusServer(supervisor, port=port), pytest.raises(OSError, match="Address already in use"):
         StatusServer(supervisor, port=port)
+
+
+def test_processes_drain_on_their_own_when_the_supervisor_is_killed_with_minus_9(tmp_path: Path) -> None:
+    marker = tmp_path / "drained"
+    child = (
+        "import os, pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).write_text('yes'), sys.exit(0)))\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    supervisor = (
+        "import asyncio, sys\n"
+        "from orderly.platform.supervisor import Program, Supervisor\n"
+        "class Out:\n"
+        "    def line(self, name, text): print(text, flush=True)\n"
+        "    def note(self, text): pass\n"
+        "async def main():\n"
+        "    child = Program('child', (sys.executable, '-c', sys.argv[1]))\n"
+        "    await Supervisor([child], output=Out()).run(asyncio.Event())\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", supervisor, child], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child_pid = int(proc.stdout.readline())
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(child_pid) and psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the process outlived its supervisor"
+            time.sleep(0.02)
+        assert marker.read_text() == "yes"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
