@@ -27,8 +27,8 @@ from confluent_kafka.admin import AdminClient
 from starlette.types import ASGIApp, Message, Scope
 
 from orderly.platform.pools import clickhouse_client, kafka_config
-from orderly.platform.processes import ProcessSpec
 from orderly.platform.settings import InfraSettings
+from orderly.platform.supervisor import Program
 
 
 def ensure_stack_up() -> None:
@@ -388,25 +388,25 @@ class RunningSystem:
 
     ``ORDERLY_UP__PORT_OFFSET`` moves every process port (and the supervisor's) by an offset whose ports are free, and
     the servers are a scratch stack under ``.stack/scratch/``, so this runs beside the shared stack, a person's
-    `make up` and other test runs. ``extra`` adds process specs to the services' own (e.g. one that crash-loops).
+    `make up` and other test runs. ``extra`` programs run beside the services' processes (e.g. one that crash-loops).
     """
 
-    def __init__(self, *, extra: Sequence[ProcessSpec] = (), name: str = "up") -> None:
+    def __init__(self, *, extra: Sequence[Program] = (), name: str = "up") -> None:
         import threading
 
         from orderly.stack.servers import ALL_SERVERS
 
-        self.extra = [spec.name for spec in extra]
+        self.extra = [program.name for program in extra]
         self.scratch = ScratchStack(name, [server.name for server in ALL_SERVERS])
         self.offset = _free_offset()
         self.env = {**os.environ, **self.scratch.env, "ORDERLY_UP__PORT_OFFSET": str(self.offset)}
-        extra_json = json.dumps([{"name": s.name, "args": list(s.args)} for s in extra])
+        extra_json = json.dumps([{"name": p.name, "argv": list(p.argv)} for p in extra])
         launcher = (
             "import json, sys\n"
-            "from orderly.platform.processes import ProcessSpec\n"
-            "from orderly.runner import service_processes, up\n"
-            "extra = [ProcessSpec(name=s['name'], args=tuple(s['args'])) for s in json.loads(sys.argv[1])]\n"
-            "sys.exit(up(processes=[*service_processes(), *extra]))\n"
+            "from orderly.platform.supervisor import Program\n"
+            "from orderly.runner import up\n"
+            "extra = [Program(p['name'], tuple(p['argv'])) for p in json.loads(sys.argv[1])]\n"
+            "sys.exit(up(extra=extra))\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", launcher, extra_json],
@@ -454,7 +454,7 @@ class RunningSystem:
                 raise AssertionError(f"{what}: not within {timeout:.0f} s (orderly up exit {self.proc.poll()})\n{tail}")
             time.sleep(0.05)
 
-    def wait_ready(self, *, timeout: float = 240) -> None:
+    def wait_ready(self, *, timeout: float = 600) -> None:
         """Every service process running (an API: answering /healthz) and every API answering /readyz."""
 
         def ready() -> bool:

@@ -188,16 +188,17 @@ def init() -> None:
     run_init_steps([spec for spec in all_processes() if spec.init])
 
 
-def up(*, stop_stack_on_exit: bool = True, processes: Sequence[ProcessSpec] | None = None) -> int:
+def up(*, stop_stack_on_exit: bool = True, extra: Sequence[Program] = ()) -> int:
     """Run everything until Ctrl-C or SIGTERM; returns the exit code.
 
-    ``processes`` replaces the services' processes (tests add a crash-looping one); by default every service's
-    long-running processes run, moved by ``ORDERLY_UP__PORT_OFFSET``.
+    Every service's long-running processes run, moved by ``ORDERLY_UP__PORT_OFFSET``; ``extra`` programs run beside
+    them under the same supervisor (tests add one that crash-loops).
     """
-    services = list(processes) if processes is not None else service_processes()
-    names = [spec.name for spec in services]
+    services = service_processes()
+    supervised = [*programs(services), *extra]
+    names = [program.name for program in supervised]
     printer = TeePrinter(output_dir(Stack()), width=max([len(SYSTEM), *map(len, names)]))
-    supervisor = Supervisor(programs(services), output=Stream(printer, names), drain_seconds=DRAIN_SECONDS)
+    supervisor = Supervisor(supervised, output=Stream(printer, names), drain_seconds=DRAIN_SECONDS)
     port = supervisor_port()
     try:
         status = StatusServer(supervisor, port=port)  # before anything starts: a second `orderly up` stops here

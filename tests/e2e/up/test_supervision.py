@@ -10,20 +10,21 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
 
-from orderly.platform.processes import ProcessSpec
 from orderly.platform.settings import InfraSettings
+from orderly.platform.supervisor import Program
 from tests.plumbing import RunningSystem
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test also brings the system up
 
-# A real `orderly` command line that exits at once (usage error): a process that crash-loops, added for this test.
-CRASH_LOOPER = ProcessSpec(name="crash-looper", args=("no-such-command",))
+# A program that exits at once, added beside the services' processes: it crash-loops.
+CRASH_LOOPER = Program("crash-looper", (sys.executable, "-c", "import sys; print('crashing', flush=True); sys.exit(3)"))
 RESPAWNED_WITHIN = 1.5  # noticing the exit, killing leftovers, the first 0.5 s backoff
 BACK_WITHIN = 5.0  # ... plus a cold start of the process until it answers /healthz
 ORPHANS_GONE_WITHIN = 2.0
