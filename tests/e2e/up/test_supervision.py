@@ -80,6 +80,7 @@ def test_a_process_killed_with_minus_9_is_back_within_5_s_and_the_others_keep_th
     respawned = system.wait_until(f"{name} respawned", lambda: respawn(system, name, pids[name]), timeout=30)
     took = respawned + system.wait_until(f"{name} back", lambda: back(system, name, pids[name]), timeout=60)
 
+    print(f"{name}: started again after {respawned:.2f} s, running after {took:.2f} s (load {os.getloadavg()[0]:.1f})")
     assert respawned < allowance(RESPAWNED_WITHIN), f"{name} was started again {respawned:.1f} s after the kill"
     assert took < allowance(BACK_WITHIN), f"{name} took {took:.1f} s to come back"
     after = system.status()
@@ -100,6 +101,7 @@ def test_killing_a_multi_worker_apis_main_process_with_minus_9_leaves_no_orphan(
 
     main.kill()
     gone = system.wait_until("the workers gone", lambda: not any(alive(w) for w in workers), timeout=30)
+    print(f"{name}: its workers were gone {gone:.3f} s after kill -9 of its main process")
     assert gone < ORPHANS_GONE_WITHIN, f"the orphaned workers served on for {gone:.1f} s"
 
     system.wait_until(f"{name} back", lambda: back(system, name, entry["pid"]), timeout=30)
