@@ -61,7 +61,10 @@ def kill_main_and_measure(api: Spawned, ports: list[int]) -> tuple[float, list[p
         if time.monotonic() - began > 30:
             break
         time.sleep(0.02)
-    return time.monotonic() - began, [child for child in children if alive(child)]
+    survivors = [child for child in children if alive(child)]
+    for survivor in survivors:  # so that a failing run does not leave them serving (or hang on their output pipe)
+        survivor.kill()
+    return time.monotonic() - began, survivors
 
 
 @pytest.mark.parametrize("service", ["ingest", "items", "loms"])
