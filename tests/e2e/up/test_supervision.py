@@ -126,6 +126,7 @@ def test_a_crash_looping_process_is_failed_with_one_line_and_the_rest_keep_servi
     assert looper["restarts"] == 4
     assert looper["reason"] == "crash loop: exited 5 times within 60 s"
     failures = [line for line in system.lines if "crash-looper" in line and "FAILED" in line]
+    print("\n".join(line for line in system.lines if "crash-looper" in line and "system" in line.split("|")[0]))
     assert len(failures) == 1
     assert all(p["state"] == "running" for name, p in status.items() if name != "crash-looper")
     assert service_pids(system) == pids
@@ -157,6 +158,7 @@ def test_ctrl_c_stops_everything_in_reverse_order_drained_one_line_each_and_exit
 
     assert code == 0
     tail = system.lines[seen:]
+    print("\n".join(line for line in tail if "| system " in line or "system" in line.split("|")[0]))
     stops = [m.groups() for line in tail if (m := re.search(r"\| (stopped|killed) (\S+) \(pid \d+\)", line))]
     assert [name for _, name in stops] == list(reversed(order))
     assert {verb for verb, _ in stops} == {"stopped"}, "every process drained within its deadline"
