@@ -8,10 +8,13 @@ prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
+from orderly.platform.supervisor import Program
 
 
 def ensure_stack_up() -> None:
@@ -378,3 +382,132 @@ class Processes:
     def stop_all(self) -> None:
         for process in reversed(self.spawned):
             process.stop()
+
+
+class RunningSystem:
+    """`orderly up` as a person runs it, but private: its own stack copy, its own server ports, its own process ports.
+
+    ``ORDERLY_UP__PORT_OFFSET`` moves every process port (and the supervisor's) by an offset whose ports are free, and
+    the servers are a scratch stack under ``.stack/scratch/``, so this runs beside the shared stack, a person's
+    `make up` and other test runs. ``extra`` programs run beside the services' processes (e.g. one that crash-loops).
+    """
+
+    def __init__(self, *, extra: Sequence[Program] = (), name: str = "up") -> None:
+        import threading
+
+        from orderly.stack.servers import ALL_SERVERS
+
+        self.extra = [program.name for program in extra]
+        self.scratch = ScratchStack(name, [server.name for server in ALL_SERVERS])
+        self.offset = _free_offset()
+        self.env = {**os.environ, **self.scratch.env, "ORDERLY_UP__PORT_OFFSET": str(self.offset)}
+        extra_json = json.dumps([{"name": p.name, "argv": list(p.argv)} for p in extra])
+        launcher = (
+            "import json, sys\n"
+            "from orderly.platform.supervisor import Program\n"
+            "from orderly.runner import up\n"
+            "extra = [Program(p['name'], tuple(p['argv'])) for p in json.loads(sys.argv[1])]\n"
+            "sys.exit(up(extra=extra))\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, extra_json],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def supervisor_url(self) -> str:
+        from orderly.platform.processes import SUPERVISOR_PORT
+
+        return f"http://127.0.0.1:{SUPERVISOR_PORT + self.offset}"
+
+    def port(self, usual: int) -> int:
+        """Where a process that usually listens on ``usual`` listens in this system."""
+        return usual + self.offset
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's /status, by process name."""
+        answer = httpx.get(f"{self.supervisor_url}/status", timeout=5)
+        answer.raise_for_status()
+        return {p["name"]: p for p in answer.json()["processes"]}
+
+    def wait_until(self, what: str, condition: Callable[[], bool], *, timeout: float) -> float:
+        """Poll ``condition`` until it holds; returns the seconds it took. Fails with the stream's tail otherwise."""
+        import time
+
+        began = time.monotonic()
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if condition():
+                    return time.monotonic() - began
+            if self.proc.poll() is not None or time.monotonic() - began > timeout:
+                tail = "\n".join(self.lines[-60:])
+                raise AssertionError(f"{what}: not within {timeout:.0f} s (orderly up exit {self.proc.poll()})\n{tail}")
+            time.sleep(0.05)
+
+    def wait_ready(self, *, timeout: float = 600) -> None:
+        """Every service process running (an API: answering /healthz) and every API answering /readyz."""
+
+        def ready() -> bool:
+            processes = [p for p in self.status().values() if p["name"] not in self.extra]
+            if not processes or any(p["state"] != "running" for p in processes):
+                return False
+            return all(
+                httpx.get(f"http://127.0.0.1:{p['probe_port']}/readyz", timeout=2).status_code == 200
+                for p in processes
+                if p["probe_port"] is not None
+            )
+
+        self.wait_until("the system got ready", ready, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGINT, *, timeout: float = 240) -> int:
+        """Send ``sig`` to `orderly up` and wait for it to end; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(30)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+    def remove(self) -> None:
+        self.stop()
+        self.scratch.remove()
+
+
+def _free_offset() -> int:
+    """A random ORDERLY_UP__PORT_OFFSET whose every process port (and the supervisor's) is free right now."""
+    import random
+    import socket
+
+    from orderly.platform.processes import SUPERVISOR_PORT
+    from orderly.runner import service_processes
+
+    usual = [SUPERVISOR_PORT] + [
+        port for spec in service_processes() for port in (spec.http_port, spec.health_port) if port is not None
+    ]
+    for _ in range(50):
+        offset = random.randrange(1000, 10_000, 10)
+        ports = [port + offset for port in usual]
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return offset
+    raise RuntimeError("no free port offset for a private `orderly up`")

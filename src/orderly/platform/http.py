@@ -6,9 +6,11 @@ service's contract says otherwise; validation errors name every bad field. No tr
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderly.platform.orphans import die_with_parent
 from orderly.platform.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -204,7 +207,22 @@ def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:
         process_name=process_name if importlib.util.find_spec("setproctitle") else None,
         respawn_failed_workers=True,
         workers_kill_timeout=10,
-    ).serve()
+    ).serve(target_loader=load_app_in_worker)
+
+
+def load_app_in_worker(target: str) -> Any:
+    """granian's target loader, called in each worker process: tie the worker's life to its parent, build the app.
+
+    A worker is a child of granian's main process. If that process dies, even by ``kill -9``, the kernel kills the
+    worker too (``PR_SET_PDEATHSIG``), so no orphan keeps serving the port beside a restarted API.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    die_with_parent(signal.SIGKILL, parent_pid=parent.pid if parent is not None else None)
+    module_name, _, factory_name = target.partition(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory()
 
 
 def export_to_environment(prefix: str, values: Mapping[str, object | None]) -> None:

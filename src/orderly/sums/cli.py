@@ -86,10 +86,19 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
 
 
 def _run_instances(first: int, count: int, mode: str | None) -> int:
-    """Start ``count`` single-instance children and stop them all on SIGTERM/SIGINT or when one exits."""
+    """Start ``count`` single-instance children and stop them all on SIGTERM/SIGINT or when one exits.
+
+    The children die with this process even when it is killed with -9 (``PR_SET_PDEATHSIG``): no orphan instance keeps
+    serving a port.
+    """
+    from orderly.platform.orphans import dying_with_this_process
+
     extra = ["--mode", mode] if mode else []
     children = [
-        subprocess.Popen([sys.executable, "-m", "orderly", "sums", "api", "--port", str(first + i), *extra])
+        subprocess.Popen(
+            [sys.executable, "-m", "orderly", "sums", "api", "--port", str(first + i), *extra],
+            preexec_fn=dying_with_this_process(),  # noqa: PLW1509 - no threads run here yet
+        )
         for i in range(count)
     ]
 
