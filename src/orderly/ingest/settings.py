@@ -17,8 +17,12 @@ class IngestOptions(BaseModel):
     dead_letter_queue: str = "ingest.requests.dead"
     # STOMP clients SEND to /exchange/<stomp_exchange>: a fanout exchange bound to the request queue, so their
     # requests join the one queue and the worker knows them by the exchange they came through (docs/ingest.md).
-    stomp_exchange: str = Field(default="ingest.stomp", min_length=1)
-    stomp_max_body_bytes: int = Field(default=64 * 1024, ge=64)
+    stomp_exchange: str = Field(
+        default="ingest.stomp", min_length=1, description="exchange STOMP clients SEND to (bound to the queue)"
+    )
+    stomp_max_body_bytes: int = Field(
+        default=64 * 1024, ge=64, description="largest STOMP request body; a larger one is dead-lettered"
+    )
     # Classic: the redelivery-order test (tests/integration/ingest/test_queue_order.py) decides; see docs/ingest.md.
     queue_type: Literal["classic", "quorum"] = "classic"
     max_numbers: int = Field(default=1000, ge=1)
