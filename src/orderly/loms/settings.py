@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from orderly.platform.settings import HttpSettings, KafkaSettings, OrderlySettings, PostgresSettings
+from orderly.platform.settings import HttpSettings, KafkaSettings, OrderlySettings, PostgresSettings, with_flags
 
 EVENTS_TOPIC = "loms.order-events"
 DLQ_TOPIC = "loms.order-events.dlq"
@@ -39,9 +39,4 @@ class LomsSettings(OrderlySettings):
 
 def loms_settings(**flags: object) -> LomsSettings:
     """Settings from the file, then the environment, then the command-line flags that were given (not None)."""
-    settings = LomsSettings()
-    changes = {k: v for k, v in flags.items() if v is not None}
-    if not changes:
-        return settings
-    options = LomsOptions.model_validate(settings.loms.model_dump() | changes)
-    return settings.model_copy(update={"loms": options})
+    return with_flags(LomsSettings(), "loms", **flags)

@@ -8,7 +8,7 @@ import socket
 from pydantic import BaseModel, Field
 
 from orderly.loms.settings import DLQ_TOPIC, EVENTS_TOPIC
-from orderly.platform.settings import KafkaSettings, OrderlySettings
+from orderly.platform.settings import KafkaSettings, OrderlySettings, with_flags
 
 
 def _default_instance() -> str:
@@ -42,9 +42,4 @@ class NotifierSettings(OrderlySettings):
 
 def notifier_settings(**flags: object) -> NotifierSettings:
     """Settings from the file, then the environment, then the command-line flags that were given (not None)."""
-    settings = NotifierSettings()
-    changes = {k: v for k, v in flags.items() if v is not None}
-    if not changes:
-        return settings
-    options = NotifierOptions.model_validate(settings.notifier.model_dump() | changes)
-    return settings.model_copy(update={"notifier": options})
+    return with_flags(NotifierSettings(), "notifier", **flags)
