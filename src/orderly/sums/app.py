@@ -26,6 +26,7 @@ from orderly.sums.cache import IdempotencyCache
 from orderly.sums.domain import (
     InvalidInputError,
     KeyReusedError,
+    OverloadedError,
     RequestInProgressError,
     StorageUnavailableError,
     SumRequest,
@@ -97,12 +98,17 @@ async def _unavailable(_request: Request, exc: StorageUnavailableError) -> JSONR
     return error_response(503, "storage_unavailable", str(exc), headers={"Retry-After": "1"})
 
 
+async def _overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:
+    return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
+
+
 ErrorHandler = Callable[[Request, Any], Awaitable[JSONResponse]]
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     InvalidInputError: _invalid,
     KeyReusedError: _reused,
     RequestInProgressError: _in_progress,
     StorageUnavailableError: _unavailable,
+    OverloadedError: _overloaded,
 }
 
 

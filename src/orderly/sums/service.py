@@ -17,6 +17,7 @@ from orderly.sums.domain import (
     InProgressMark,
     KeyReusedError,
     Outcome,
+    OverloadedError,
     Replayed,
     RequestInProgressError,
     StorageUnavailableError,
@@ -66,7 +67,7 @@ class CommitBatcher:
         self._cache = cache
         self._options = options
         self._on_committed = on_committed
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=options.queue_max)
         self._workers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> CommitBatcher:
@@ -87,8 +88,13 @@ class CommitBatcher:
                 pending.future.set_exception(StorageUnavailableError("the service is shutting down"))
 
     async def submit(self, request: SumRequest) -> Outcome:
+        """Queue the request for the next transaction and await its outcome; OverloadedError when the queue is full."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
+        try:
+            self._queue.put_nowait(_Pending(request, future))
+        except asyncio.QueueFull:
+            waiting = self._queue.maxsize
+            raise OverloadedError(f"{waiting} requests already wait for a commit; retry shortly") from None
         return await future
 
     async def _next_batch(self) -> list[_Pending]:

@@ -23,6 +23,9 @@ class SumsOptions(BaseModel):
     # queue grow into bigger batches, so fewer transactions and less CPU per request (A/B, 3 instances, 64 connections:
     # 1 beat 2 in three of three pairs, +32 % req/s on average).
     concurrent_batches: int = Field(default=1, ge=1, le=16)
+    # Requests waiting for a commit, per instance, at most; one more is answered 503 + Retry-After at once instead of
+    # queueing without bound while MySQL is slow (memory and latency would grow with the backlog).
+    queue_max: int = Field(default=10_000, ge=1, le=1_000_000)
     purge_interval_s: float = Field(default=60.0, gt=0)  # 0 < interval; the purge job runs in every API instance
     purge_batch: int = Field(default=1_000, ge=1)  # rows deleted per statement
     redis_timeout_ms: int = Field(default=1_000, ge=10)  # a Redis call slower than this counts as Redis down
