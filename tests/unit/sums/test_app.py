@@ -18,6 +18,7 @@ from orderly.sums.domain import (
     FieldProblem,
     InvalidInputError,
     KeyReusedError,
+    OverloadedError,
     RequestInProgressError,
     StorageUnavailableError,
     SumRequest,
@@ -112,6 +113,7 @@ async def test_a_sum_is_answered_with_the_bytes_starlettes_response_sends(replay
         KeyReusedError("used with a different request"),
         RequestInProgressError(retry_after_s=3),
         StorageUnavailableError("down"),
+        OverloadedError("10000 requests already wait for a commit"),
     ],
 )
 async def test_a_service_error_is_answered_by_the_routes_exception_handler(error: Exception) -> None:
