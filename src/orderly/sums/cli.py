@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -86,22 +87,34 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
 
 
 def _run_instances(first: int, count: int, mode: str | None) -> int:
-    """Start ``count`` single-instance children and stop them all on SIGTERM/SIGINT or when one exits."""
+    """Start ``count`` single-instance children; stop them all on SIGTERM/SIGINT or as soon as any one exits.
+
+    Returns the highest exit code; an instance that exited on its own while nobody asked it to stop counts as a
+    failure (1) even with code 0, since instances serve until they are told to stop.
+    """
     extra = ["--mode", mode] if mode else []
     children = [
         subprocess.Popen([sys.executable, "-m", "orderly", "sums", "api", "--port", str(first + i), *extra])
         for i in range(count)
     ]
+    stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Block until any child has exited; WNOWAIT leaves it unreaped, so Popen.poll below still collects its code.
+    while not any(child.poll() is not None for child in children):
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    unexpected = not stopping
+    stop(signal.SIGTERM, None)
     codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    return max(*codes, 1) if unexpected else max(codes)
 
 
 @app.command()
