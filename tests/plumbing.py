@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncmy
@@ -25,6 +26,8 @@ from starlette.types import ASGIApp, Message, Scope
 
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def ensure_stack_up() -> None:
@@ -286,13 +289,14 @@ def infra_env(settings: InfraSettings) -> dict[str, str]:
 class Spawned:
     """A process of ours (``python -m orderly …``) started by a test: its stdout is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, module: str = "orderly") -> None:
         import threading
 
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orderly", *args],
-            env={**os.environ, "ORDERLY_LOG__FORMAT": "json", **env},
+            [sys.executable, "-m", module, *args],
+            # The repository root on the path, so a test-only entry module (tests.faults...) imports from any cwd.
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "ORDERLY_LOG__FORMAT": "json", **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -369,8 +373,9 @@ class Processes:
 
     spawned: list[Spawned] = field(default_factory=list)
 
-    def start(self, *args: str, env: dict[str, str]) -> Spawned:
-        process = Spawned(list(args), env)
+    def start(self, *args: str, env: dict[str, str], module: str = "orderly") -> Spawned:
+        """``python -m orderly <args>`` (or a test-only entry ``module`` such as ``tests.faults.sums_crash``)."""
+        process = Spawned(list(args), env, module=module)
         self.spawned.append(process)
         return process
 

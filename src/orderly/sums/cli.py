@@ -7,11 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from orderly.platform.settings import HttpSettings, MySQLSettings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 app = typer.Typer(
     help="The idempotent lifetime sum (MySQL + Redis), served by several instances.", no_args_is_help=True
@@ -41,11 +45,13 @@ def api(
     export_to_environment("ORDERLY_SUMS__", {"mode": mode})
     http = SumsSettings().http
     if http.workers == 1:
-        raise typer.Exit(_serve_in_process(http, process_name=f"orderly-sums-{first}"))
+        raise typer.Exit(serve_in_process(http, process_name=f"orderly-sums-{first}"))
     serve("orderly.sums.app:create_app", http, process_name=f"orderly-sums-{first}")
 
 
-def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
+def serve_in_process(
+    http: HttpSettings, *, process_name: str, factory: Callable[[], ASGIApp] | None = None
+) -> int:
     """Serve one worker in this very process with granian's embedded server (``granian.server.embed``).
 
     granian's usual server forks a worker and stays behind as its supervisor: a second Python process holding the
@@ -53,6 +59,7 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
     nothing for a supervisor to balance, so the worker runs here, on uvloop, and SIGTERM/SIGINT stop it gracefully
     (the lifespan shuts the batcher and pools down). If the process dies, its process manager restarts it
     (compose: ``restart: unless-stopped``; `orderly up` stops the group and reports it). Returns the exit code.
+    ``factory`` builds the app (default: the production ``create_app``; fault-injection tests pass their own).
     """
     import importlib.util
 
@@ -67,7 +74,7 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
 
         setproctitle.setproctitle(process_name)
     server = Server(
-        create_app,
+        factory or create_app,
         factory=True,
         address=http.host,
         port=http.port,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,19 +216,6 @@ class SumsService:
         if isinstance(outcome, Replayed):
             return Answer(outcome.body, replayed=True)
         raise KeyReusedError(f"idempotency key {request.key!r} was used with a different request")
-
-
-def crash_hook(key: str | None) -> Callable[[tuple[str, ...]], None] | None:
-    """The documented test hook: exit abruptly right after a commit that stored ``key`` (before the Redis write)."""
-    if key is None:
-        return None
-
-    def crash_if_committed(keys: tuple[str, ...]) -> None:
-        if key in keys:
-            log.warning("test hook: crashing after the mysql commit", extra={"key": key})
-            os._exit(137)
-
-    return crash_if_committed
 
 
 async def purge_expired_keys(*, store: SumStore, batch: int, max_batches: int = 100) -> int:

@@ -30,9 +30,6 @@ class SumsOptions(BaseModel):
     purge_batch: int = Field(default=1_000, ge=1)  # rows deleted per statement
     redis_timeout_ms: int = Field(default=1_000, ge=10)  # a Redis call slower than this counts as Redis down
     redis_retry_after_s: float = Field(default=1.0, ge=0)  # after a Redis failure, skip Redis this long
-    # Test hook: when a committed batch holds this key, the process exits with code 137 right after the MySQL commit
-    # and before the Redis write (simulates a crash in the one window the design must survive). Never set in production.
-    crash_after_commit_key: str | None = None
 
 
 class SumsSettings(OrderlySettings):
