@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from orderly.loms.settings import DLQ_TOPIC, EVENTS_TOPIC
 from orderly.platform.settings import KafkaSettings, OrderlySettings, with_flags
@@ -13,6 +14,9 @@ from orderly.platform.settings import KafkaSettings, OrderlySettings, with_flags
 
 def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+PARK_FLUSH_SECONDS = 10.0  # the longest one DLQ delivery is awaited
 
 
 class NotifierOptions(BaseModel):
@@ -24,6 +28,20 @@ class NotifierOptions(BaseModel):
     # Stored offsets are committed in the background this often, and always on revoke and on shutdown.
     commit_interval_ms: int = Field(default=1000, ge=10)
     poll_seconds: float = Field(default=0.5, gt=0, le=5)
+    # How long one message may keep trying to reach the DLQ before the member goes back to polling (the message is
+    # read again later from its offset). Bounded so that the member never exceeds max_poll_interval_ms and is evicted.
+    park_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _one_message_fits_in_a_poll_interval(self) -> Self:
+        worst = (self.max_attempts - 1) * self.backoff_max_seconds + self.park_timeout_seconds + PARK_FLUSH_SECONDS
+        if worst * 1000 >= self.max_poll_interval_ms:
+            raise ValueError(
+                f"one message may take {worst:g} s (retries, then parking), not under max_poll_interval_ms "
+                f"({self.max_poll_interval_ms} ms): lower max_attempts, backoff_max_seconds or park_timeout_seconds"
+            )
+        return self
 
 
 class NotifierSettings(OrderlySettings):
