@@ -7,11 +7,15 @@ prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,25 @@ from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` (plain or async) until it holds; fail naming ``what`` once ``within`` seconds passed.
+
+    The one way tests wait for a condition: never a bare sleep, always a condition with a deadline.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def ensure_stack_up() -> None:
@@ -317,8 +340,6 @@ class Spawned:
 
     def wait_http_ready(self, port: int, *, timeout: float = 30) -> None:
         """Wait until GET /readyz answers 200; fail with the process's stderr if it dies or never gets ready."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

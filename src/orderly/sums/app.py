@@ -224,9 +224,7 @@ def create_app(
             cache = IdempotencyCache(
                 client, prefix=settings.redis.key_prefix, skip_after_failure_s=options.redis_retry_after_s
             )
-            async with CommitBatcher(
-                store=store, cache=cache, options=options, on_committed=on_committed
-            ) as batcher:
+            async with CommitBatcher(store=store, cache=cache, options=options, on_committed=on_committed) as batcher:
                 service: Submitter
                 if options.mode == "reference":
                     service = ReferenceSums(

@@ -49,9 +49,7 @@ def api(
     serve("orderly.sums.app:create_app", http, process_name=f"orderly-sums-{first}")
 
 
-def serve_in_process(
-    http: HttpSettings, *, process_name: str, factory: Callable[[], ASGIApp] | None = None
-) -> int:
+def serve_in_process(http: HttpSettings, *, process_name: str, factory: Callable[[], ASGIApp] | None = None) -> int:
     """Serve one worker in this very process with granian's embedded server (``granian.server.embed``).
 
     granian's usual server forks a worker and stays behind as its supervisor: a second Python process holding the

@@ -15,8 +15,8 @@ from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsOptions, ItemsSettings
 from orderly.platform.pools import postgres_pool, redis_client
-from tests.integration.items.support import api_client, create, items_settings, wait_until
-from tests.plumbing import Namespace, ScratchStack
+from tests.integration.items.support import api_client, create, items_settings
+from tests.plumbing import Namespace, ScratchStack, wait_until
 
 MAX_OFFSET = ItemsOptions().list_max_offset
 
