@@ -33,14 +33,14 @@ class ItemsOptions(BaseModel):
     stream: str = Field(default="ITEMS", description="JetStream stream name, after nats.stream_prefix")
     consumer: str = Field(default="items-audit", description="durable pull consumer of the audit process")
     duplicate_window_seconds: float = Field(default=600, gt=0, description="JetStream Nats-Msg-Id dedupe window")
-    relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    relay_batch_size: int = Field(default=1000, ge=1, le=10_000, description="outbox rows per relay transaction")
     relay_idle_seconds: float = Field(default=0.5, gt=0, description="outbox poll interval when no NOTIFY arrives")
     relay_linger_seconds: float = Field(
         default=0.05, ge=0, le=0.5, description="after a batch, wait this long so the next claim gathers more rows"
     )
     audit_batch_size: int = Field(default=1000, ge=1, le=100_000, description="flush ClickHouse at this many events")
     audit_flush_seconds: float = Field(default=1.0, gt=0, description="... or this long after the first one")
-    audit_ack_wait_seconds: float = Field(default=30, gt=0)
+    audit_ack_wait_seconds: float = Field(default=30, gt=0, description="JetStream ack wait of the audit consumer")
     retry_max_seconds: float = Field(default=5.0, gt=0, description="cap of the exponential retry backoff")
 
 

@@ -16,12 +16,20 @@ API_PORT = 8401
 class LomsOptions(BaseModel):
     """The relay's knobs; the topic names get ``kafka.topic_prefix`` prepended."""
 
-    batch_size: int = Field(default=5000, ge=1, le=50_000)
-    idle_poll_seconds: float = Field(default=0.05, gt=0, le=10)
-    retry_backoff_seconds: float = Field(default=1.0, gt=0, le=60)
-    flush_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
-    message_timeout_ms: int = Field(default=30_000, ge=1000)
-    standby_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    batch_size: int = Field(default=5000, ge=1, le=50_000, description="outbox rows per relay batch (--batch-size)")
+    idle_poll_seconds: float = Field(
+        default=0.05, gt=0, le=10, description="relay poll interval when the outbox is empty"
+    )
+    retry_backoff_seconds: float = Field(default=1.0, gt=0, le=60, description="pause before re-sending a failed batch")
+    flush_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=600, description="longest wait for the producer's flush of a batch"
+    )
+    message_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="librdkafka message.timeout.ms: how long a batch may wait for the broker"
+    )
+    standby_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="how often a standby relay tries the lock"
+    )
 
 
 class LomsSettings(OrderlySettings):
