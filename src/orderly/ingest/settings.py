@@ -16,9 +16,7 @@ class IngestOptions(BaseModel):
     queue: str = Field(default="ingest.requests", description="RabbitMQ queue of accepted requests")
     dead_letter_queue: str = Field(default="ingest.requests.dead", description="queue of poison messages")
     # Classic: the redelivery-order test (tests/integration/ingest/test_queue_order.py) decides; see docs/ingest.md.
-    queue_type: Literal["classic", "quorum"] = Field(
-        default="classic", description="classic or quorum (changing it needs a new queue; see docs/ingest.md)"
-    )
+    queue_type: Literal["classic", "quorum"] = Field(default="classic", description="classic or quorum (see docs)")
     max_numbers: int = Field(default=1000, ge=1, description="numbers per request at most; more answer 413")
     max_query_bytes: int = Field(default=16 * 1024, ge=64, description="query string bytes at most; more answer 414")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="no broker confirm within this answers 503")

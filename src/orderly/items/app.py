@@ -142,20 +142,21 @@ async def remove_item(rt: Rt, item_id: ItemId, campaign_id: CampaignId) -> dict[
     return {"id": item.id, "campaignId": item.campaign_id, "removed": item.removed}
 
 
-@router.patch("/item/reprioritize", summary="Give an item a priority; items at or above it move up by one")
+@router.patch("/item/reprioritize", summary="Give an item a priority; the items in its way move up by one")
 async def reprioritize_item(
     rt: Rt,
     item_id: ItemId,
     campaign_id: CampaignId,
     body: Annotated[ReprioritizeBody, Depends(json_body(ReprioritizeBody))],
 ) -> dict[str, Any]:
+    most = rt.options.reprioritize_max_moves
     changed = await service.reprioritize_item(
         pool=rt.pool,
         cache=rt.cache,
         item_id=item_id,
         campaign_id=campaign_id,
         new_priority=body.newPriority,
-        max_moves=rt.options.reprioritize_max_moves,
+        max_moves=most,
     )
     return {"priorities": [{"id": item.id, "priority": item.priority} for item in changed]}
 
@@ -163,6 +164,12 @@ async def reprioritize_item(
 @router.get(LIST_PATH, summary="Items by priority (cached for a minute, never stale after a write)")
 async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
     # Documents the route and answers what ``ItemsFastPath`` hands on (HEAD, input it leaves to FastAPI's checks).
+    body, hit = await list_page_of(rt, limit, offset)
+    return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+async def list_page_of(rt: Runtime, limit: int, offset: int) -> tuple[bytes, bool]:
+    """The list page for both paths (route and fast path), counted as a cache hit or miss."""
     body, hit = await service.list_items(
         pool=rt.pool,
         cache=rt.cache,
@@ -172,7 +179,7 @@ async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
         flights=rt.flights,
     )
     (LIST_HIT if hit else LIST_MISS).inc()
-    return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+    return body, hit
 
 
 def _plain_int(value: str | None, default: int | None, high: int) -> int | None:
@@ -328,15 +335,7 @@ class ItemsFastPath:
 
     @staticmethod
     async def _list(rt: Runtime, limit: int, offset: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, hit = await service.list_items(
-            pool=rt.pool,
-            cache=rt.cache,
-            limit=limit,
-            offset=offset,
-            max_offset=rt.options.list_max_offset,
-            flights=rt.flights,
-        )
-        (LIST_HIT if hit else LIST_MISS).inc()
+        body, hit = await list_page_of(rt, limit, offset)
         headers = [
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),

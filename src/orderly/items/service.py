@@ -25,6 +25,7 @@ from orderly.items.domain import (
     clean_description,
     clean_name,
 )
+from orderly.items.settings import LIST_MAX_OFFSET
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ async def list_items(
     cache: ListCache,
     limit: int,
     offset: int,
-    max_offset: int,
+    max_offset: int = LIST_MAX_OFFSET,
     after_load: AfterLoad | None = None,
     flights: SingleFlight[bytes] | None = None,
 ) -> tuple[bytes, bool]:

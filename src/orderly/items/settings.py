@@ -14,22 +14,14 @@ from orderly.platform.settings import (
 )
 
 ITEMS_HTTP_PORT = 8301
+LIST_MAX_OFFSET = 10_000
 
 
 class ItemsOptions(BaseModel):
     cache_ttl_seconds: int = Field(default=60, ge=1, description="lifetime of a cached /items/list page")
-    list_max_offset: int = Field(
-        default=10_000,
-        ge=1,
-        le=2**31,
-        description="largest offset /items/list and /logs accept (each distinct page is computed and cached)",
-    )
-    reprioritize_max_moves: int = Field(
-        default=1000,
-        ge=1,
-        le=100_000,
-        description="most other items one reprioritize may move (each move is a row update and an outbox event)",
-    )
+    # Each distinct page is computed and cached, and each move is a row update and an outbox event: both bounded.
+    list_max_offset: int = Field(default=LIST_MAX_OFFSET, ge=1, le=2**31, description="largest offset of a list")
+    reprioritize_max_moves: int = Field(default=1000, ge=1, le=100_000, description="items one reprioritize may move")
     stream: str = Field(default="ITEMS", description="JetStream stream name, after nats.stream_prefix")
     consumer: str = Field(default="items-audit", description="durable pull consumer of the audit process")
     duplicate_window_seconds: float = Field(default=600, gt=0, description="JetStream Nats-Msg-Id dedupe window")

@@ -17,19 +17,12 @@ class LomsOptions(BaseModel):
     """The relay's knobs; the topic names get ``kafka.topic_prefix`` prepended."""
 
     batch_size: int = Field(default=5000, ge=1, le=50_000, description="outbox rows per relay batch (--batch-size)")
-    idle_poll_seconds: float = Field(
-        default=0.05, gt=0, le=10, description="relay poll interval when the outbox is empty"
-    )
+    idle_poll_seconds: float = Field(default=0.05, gt=0, le=10, description="relay poll interval, outbox empty")
     retry_backoff_seconds: float = Field(default=1.0, gt=0, le=60, description="pause before re-sending a failed batch")
-    flush_timeout_seconds: float = Field(
-        default=5.0, gt=0, le=600, description="longest wait for the producer's flush of a batch"
-    )
-    message_timeout_ms: int = Field(
-        default=30_000, ge=1000, description="librdkafka message.timeout.ms: how long a batch may wait for the broker"
-    )
-    standby_poll_seconds: float = Field(
-        default=1.0, gt=0, le=60, description="how often a standby relay tries the lock"
-    )
+    flush_timeout_seconds: float = Field(default=5.0, gt=0, le=600, description="longest flush of one batch")
+    # librdkafka message.timeout.ms: how long a batch may wait for the broker before it is retried.
+    message_timeout_ms: int = Field(default=30_000, ge=1000, description="librdkafka message.timeout.ms")
+    standby_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="how often a standby tries the lock")
 
 
 class LomsSettings(OrderlySettings):

@@ -21,9 +21,7 @@ PARK_FLUSH_SECONDS = 10.0  # the longest one DLQ delivery is awaited
 
 class NotifierOptions(BaseModel):
     group: str = Field(default="notifier", description="consumer group (kafka.topic_prefix is prepended)")
-    instance: str = Field(
-        default_factory=_default_instance, description="name in output lines and Kafka client.id (hostname-pid)"
-    )
+    instance: str = Field(default_factory=_default_instance, description="name in output lines and Kafka client.id")
     max_attempts: int = Field(default=3, ge=1, le=20, description="processing attempts before the DLQ")
     backoff_seconds: float = Field(default=0.2, gt=0, le=30, description="first retry pause (doubling)")
     backoff_max_seconds: float = Field(default=2.0, gt=0, le=300, description="longest retry pause")
@@ -32,15 +30,8 @@ class NotifierOptions(BaseModel):
     poll_seconds: float = Field(default=0.5, gt=0, le=5, description="longest wait of one consumer poll")
     # How long one message may keep trying to reach the DLQ before the member goes back to polling (the message is
     # read again later from its offset). Bounded so that the member never exceeds max_poll_interval_ms and is evicted.
-    park_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=600, description="longest try to park one message in the DLQ; then it is read again"
-    )
-    max_poll_interval_ms: int = Field(
-        default=300_000,
-        ge=10_000,
-        le=3_600_000,
-        description="Kafka max.poll.interval.ms; the worst time of one message must stay under it",
-    )
+    park_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="longest try to park one message")
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000, le=3_600_000, description="max.poll.interval.ms")
 
     @model_validator(mode="after")
     def _one_message_fits_in_a_poll_interval(self) -> Self:

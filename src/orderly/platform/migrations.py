@@ -71,6 +71,10 @@ def load_migrations(package: str, dialect: Dialect) -> list[Migration]:
     return found
 
 
+def _log_applying(service: str, dialect: Dialect, migration: Migration, **more: int) -> None:
+    log.info("applying migration", extra={"service": service, "dialect": dialect, "version": migration.version, **more})
+
+
 def split_statements(sql: str) -> list[str]:
     """The script's statements without comments or their final ``;`` (a ``;`` in a literal, identifier, comment or
     ``$$`` body does not split); statements that are only comments are dropped."""
@@ -97,9 +101,7 @@ async def migrate_postgres(conn: asyncpg.Connection, *, service: str, migrations
         for migration in migrations:
             if migration.version in done:
                 continue
-            log.info(
-                "applying migration", extra={"service": service, "dialect": "postgres", "version": migration.version}
-            )
+            _log_applying(service, "postgres", migration)
             await conn.execute(migration.sql)
             await conn.execute(
                 "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
@@ -173,10 +175,7 @@ async def _apply_mysql_version(conn: Any, cur: Any, *, service: str, migration: 
         "SELECT step FROM schema_migration_steps WHERE service = %s AND version = %s", (service, migration.version)
     )
     recorded = {row[0] for row in await cur.fetchall()}
-    log.info(
-        "applying migration",
-        extra={"service": service, "dialect": "mysql", "version": migration.version, "resumed_after": len(recorded)},
-    )
+    _log_applying(service, "mysql", migration, resumed_after=len(recorded))
     for step, statement in enumerate(split_statements(migration.sql), start=1):
         if step in recorded:
             continue
@@ -224,9 +223,7 @@ def migrate_clickhouse(
     for migration in migrations:
         if migration.version in done:
             continue
-        log.info(
-            "applying migration", extra={"service": service, "dialect": "clickhouse", "version": migration.version}
-        )
+        _log_applying(service, "clickhouse", migration)
         for statement in split_statements(migration.sql.replace("{database}", database)):
             client.execute(statement)
         client.execute(

@@ -13,12 +13,10 @@ import pytest
 from orderly.items import service
 from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.migrate import migrate
-from orderly.items.settings import ItemsOptions, ItemsSettings
+from orderly.items.settings import ItemsSettings
 from orderly.platform.pools import postgres_pool, redis_client
 from tests.integration.items.support import api_client, create, items_settings
 from tests.plumbing import Namespace, ScratchStack, wait_until
-
-MAX_OFFSET = ItemsOptions().list_max_offset
 
 
 @pytest.fixture
@@ -141,14 +139,7 @@ async def test_reader_that_loaded_before_a_write_cannot_refill_a_stale_page(item
             await release.wait()
 
         reader = asyncio.create_task(
-            service.list_items(
-                pool=pool,
-                max_offset=MAX_OFFSET,
-                cache=cache,
-                limit=1000,
-                offset=1,
-                after_load=pause_between_read_and_store,
-            )
+            service.list_items(pool=pool, cache=cache, limit=1000, offset=1, after_load=pause_between_read_and_store)
         )
         await asyncio.wait_for(loaded.wait(), timeout=10)
         await service.update_item(
@@ -159,10 +150,10 @@ async def test_reader_that_loaded_before_a_write_cannot_refill_a_stale_page(item
         assert not hit
         assert b'"before"' in stale_body, "the paused reader did load the old row"
 
-        body, _ = await service.list_items(pool=pool, max_offset=MAX_OFFSET, cache=cache, limit=1000, offset=1)
+        body, _ = await service.list_items(pool=pool, cache=cache, limit=1000, offset=1)
         assert b'"after"' in body
         assert b'"before"' not in body
-        body, hit = await service.list_items(pool=pool, max_offset=MAX_OFFSET, cache=cache, limit=1000, offset=1)
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=1000, offset=1)
         assert hit
         assert b'"after"' in body
 
@@ -171,7 +162,7 @@ async def test_list_still_answers_from_postgresql_when_redis_is_unreachable(item
     broken = items.redis.model_copy(update={"port": 1})
     async with postgres_pool(items.postgres) as pool, redis_client(broken) as redis:
         cache = ListCache(redis, prefix=items.cache_prefix, ttl_seconds=60)
-        body, hit = await service.list_items(pool=pool, max_offset=MAX_OFFSET, cache=cache, limit=10, offset=1)
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=10, offset=1)
     assert not hit
     assert body.startswith(b'{"meta"')
 
@@ -193,13 +184,7 @@ async def test_concurrent_misses_of_one_page_share_one_postgresql_read(own: Item
         readers = [
             asyncio.create_task(
                 service.list_items(
-                    pool=pool,
-                    max_offset=MAX_OFFSET,
-                    cache=cache,
-                    limit=999,
-                    offset=1,
-                    after_load=count_and_hold,
-                    flights=flights,
+                    pool=pool, cache=cache, limit=999, offset=1, after_load=count_and_hold, flights=flights
                 )
             )
             for _ in range(10)
@@ -231,31 +216,21 @@ async def test_a_shared_load_is_not_served_to_readers_that_start_after_a_write(o
 
         reader = asyncio.create_task(
             service.list_items(
-                pool=pool,
-                max_offset=MAX_OFFSET,
-                cache=cache,
-                limit=998,
-                offset=1,
-                after_load=pause_between_read_and_store,
-                flights=flights,
+                pool=pool, cache=cache, limit=998, offset=1, after_load=pause_between_read_and_store, flights=flights
             )
         )
         await asyncio.wait_for(loaded.wait(), timeout=10)
         await service.update_item(
             pool=pool, cache=cache, item_id=item.id, campaign_id=1, name="after", description=None
         )
-        body, hit = await service.list_items(
-            pool=pool, max_offset=MAX_OFFSET, cache=cache, limit=998, offset=1, flights=flights
-        )
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=998, offset=1, flights=flights)
         assert not hit
         assert b'"after"' in body
         assert b'"before"' not in body
         release.set()
         stale_body, _ = await reader
         assert b'"before"' in stale_body, "the paused reader did load the old row (it overlapped the write)"
-        body, hit = await service.list_items(
-            pool=pool, max_offset=MAX_OFFSET, cache=cache, limit=998, offset=1, flights=flights
-        )
+        body, hit = await service.list_items(pool=pool, cache=cache, limit=998, offset=1, flights=flights)
         assert hit
         assert b'"after"' in body
 
@@ -292,7 +267,6 @@ async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
         stale, hit = await service.list_items(
             pool=pool,
             cache=cache,
-            max_offset=MAX_OFFSET,
             limit=50,
             offset=1,
             after_load=restart_redis_between_read_and_store,
@@ -308,5 +282,5 @@ async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
             generation, _ = await cache.lookup(limit=50, offset=1)
             assert generation != seen
             for _ in range(2):  # a miss that loads, then a hit: both the new name
-                body, _hit = await service.list_items(pool=pool, cache=cache, max_offset=MAX_OFFSET, limit=50, offset=1)
+                body, _hit = await service.list_items(pool=pool, cache=cache, limit=50, offset=1)
                 assert f'"{name}"'.encode() in body, f"after write {version} the list shows {body[:200]!r}"
