@@ -48,7 +48,7 @@ async def wait_for_line(process: Spawned, needle: str, *, within: float) -> None
         assert process.proc.poll() is None, "\n".join(process.errors[-20:])
         return any(needle in line for line in process.errors)
 
-    await wait_until(seen, within=within, what=f"a log line with {needle!r}: " + "\n".join(process.errors[-20:]))
+    await wait_until(seen, within=within, what=f"a log line with {needle!r}")
 
 
 @dataclass
