@@ -24,7 +24,8 @@ LOOPBACK = "127.0.0.1"
 
 # Names from configuration that end up inside SQL, key names, subjects or topic names: checked here, before any of
 # them reaches a statement (identifiers cannot be bound as parameters, so a pattern is the guard).
-DatabaseName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+# Database names are always quoted in statements ("…" or `…`), so a hyphen is safe; quotes, dots and spaces are not.
+DatabaseName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")]
 RedisKeyPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:.-]{0,64}$")]
 StreamPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{0,32}$")]
 TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{0,100}$")]
@@ -42,7 +43,7 @@ class PostgresSettings(BaseModel):
     port: int = Field(default=25432, ge=1, le=65535, description="PostgreSQL port")
     user: str = Field(default="postgres", description="PostgreSQL user")
     password: SecretStr = Field(default=SecretStr(""), description="PostgreSQL password")
-    database: DatabaseName = Field(default="orderly", description="database of the service (letters, digits, _)")
+    database: DatabaseName = Field(default="orderly", description="database of the service (letters, digits, _ -)")
     pool_min: int = Field(default=1, ge=0, description="connections kept open per process")
     pool_max: int = Field(default=10, ge=1, description="most connections per process")
 
@@ -58,7 +59,7 @@ class MySQLSettings(BaseModel):
     port: int = Field(default=23306, ge=1, le=65535, description="MySQL/MariaDB port")
     user: str = Field(default="root", description="MySQL user")
     password: SecretStr = Field(default=SecretStr(""), description="MySQL password")
-    database: DatabaseName = Field(default="orderly", description="database of the service (letters, digits, _)")
+    database: DatabaseName = Field(default="orderly", description="database of the service (letters, digits, _ -)")
     pool_min: int = Field(default=1, ge=0, description="connections kept open per process")
     pool_max: int = Field(default=10, ge=1, description="most connections per process")
 
@@ -113,7 +114,7 @@ class ClickHouseSettings(BaseModel):
     http_port: int = Field(default=28123, ge=1, le=65535, description="HTTP port")
     user: str = Field(default="default", description="ClickHouse user")
     password: SecretStr = Field(default=SecretStr(""), description="ClickHouse password")
-    database: DatabaseName = Field(default="orderly", description="database of the change log (letters, digits, _)")
+    database: DatabaseName = Field(default="orderly", description="database of the change log (letters, digits, _ -)")
 
 
 class KafkaSettings(BaseModel):

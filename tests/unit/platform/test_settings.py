@@ -66,11 +66,11 @@ def test_names_that_reach_sql_keys_or_topics_must_match_their_pattern(
 
 def test_the_test_runs_namespaces_and_the_defaults_pass_the_name_patterns() -> None:
     InfraSettings(
-        postgres={"database": "t_ab12cd_main"},  # type: ignore[arg-type]
-        redis={"key_prefix": "t:ab12cd:main:"},  # type: ignore[arg-type]
-        nats={"stream_prefix": "Tab12cd_main_"},  # type: ignore[arg-type]
-        kafka={"topic_prefix": "t.ab12cd.main."},  # type: ignore[arg-type]
-        rabbitmq={"vhost": "t_ab12cd_main"},  # type: ignore[arg-type]
+        postgres={"database": "t_ab12cd_e2e-logs"},  # type: ignore[arg-type]
+        redis={"key_prefix": "t:ab12cd:e2e-logs:"},  # type: ignore[arg-type]
+        nats={"stream_prefix": "Tab12cd_e2e-logs_"},  # type: ignore[arg-type]
+        kafka={"topic_prefix": "t.ab12cd.e2e-logs."},  # type: ignore[arg-type]
+        rabbitmq={"vhost": "t_ab12cd_e2e-logs"},  # type: ignore[arg-type]
     )
 
 
