@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +38,6 @@ async def prepare(namespace: Namespace, name: str, *, kafka: Any = None) -> Loms
     await migrate(settings.postgres)
     await asyncio.to_thread(init_topics, settings)
     return Loms(infra, settings)
-
-
-async def eventually(condition: Callable[[], bool], *, within: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def notifier_lines(process: Spawned) -> list[dict[str, Any]]:

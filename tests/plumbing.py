@@ -7,15 +7,19 @@ prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncmy
@@ -29,6 +33,27 @@ from starlette.types import ASGIApp, Message, Scope
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
 from orderly.platform.supervisor import Program
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` (plain or async) until it holds; fail naming ``what`` once ``within`` seconds passed.
+
+    The one way tests wait for a condition: never a bare sleep, always a condition with a deadline.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def ensure_stack_up() -> None:
@@ -291,13 +316,14 @@ def infra_env(settings: InfraSettings) -> dict[str, str]:
 class Spawned:
     """A process of ours (``python -m orderly …``) started by a test: its stdout is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, module: str = "orderly") -> None:
         import threading
 
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orderly", *args],
-            env={**os.environ, "ORDERLY_LOG__FORMAT": "json", **env},
+            [sys.executable, "-m", module, *args],
+            # The repository root on the path, so a test-only entry module (tests.faults...) imports from any cwd.
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "ORDERLY_LOG__FORMAT": "json", **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -318,8 +344,6 @@ class Spawned:
 
     def wait_http_ready(self, port: int, *, timeout: float = 30) -> None:
         """Wait until GET /readyz answers 200; fail with the process's stderr if it dies or never gets ready."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -374,8 +398,9 @@ class Processes:
 
     spawned: list[Spawned] = field(default_factory=list)
 
-    def start(self, *args: str, env: dict[str, str]) -> Spawned:
-        process = Spawned(list(args), env)
+    def start(self, *args: str, env: dict[str, str], module: str = "orderly") -> Spawned:
+        """``python -m orderly <args>`` (or a test-only entry ``module`` such as ``tests.faults.sums_crash``)."""
+        process = Spawned(list(args), env, module=module)
         self.spawned.append(process)
         return process
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from orderly.ingest import cli as ingest_cli
 from orderly.items import cli as items_cli
@@ -61,4 +62,11 @@ def demo_command() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:
+        # A bad flag, variable or file entry: name each field and exit like any other usage error.
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"error: invalid setting {field}: {error['msg']}", err=True)
+        raise SystemExit(2) from None

@@ -129,3 +129,18 @@ def test_a_server_that_will_not_start_names_its_log(scratch_stack: Callable[...,
     assert "postgres: the server exited during start-up" in line
     assert f"(log: {scratch.root / 'postgres'}" in line
     assert "Traceback" not in done.stderr
+
+
+def test_the_stacks_redis_caps_memory_and_evicts_only_keys_with_a_ttl(
+    scratch_stack: Callable[..., ScratchStack],
+) -> None:
+    import redis
+
+    scratch = scratch_stack("maxmemory", "redis")
+    scratch.up()
+    client = redis.Redis(host="127.0.0.1", port=scratch.settings.redis.port)
+    try:
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 256 * 1024 * 1024
+    finally:
+        client.close()

@@ -58,3 +58,11 @@ def test_compose_runs_every_init_step_before_any_service() -> None:
     for name, service in services.items():
         if service.get("image") == "orderly:local" and name != "init":
             assert service["depends_on"]["init"]["condition"] == "service_completed_successfully", name
+
+
+def test_composes_redis_evicts_only_keys_with_a_ttl_like_the_local_stacks() -> None:
+    from orderly.stack.servers import REDIS_MAXMEMORY, REDIS_MAXMEMORY_POLICY
+
+    command = compose()["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == REDIS_MAXMEMORY_POLICY == "volatile-lru"
+    assert command[command.index("--maxmemory") + 1] == REDIS_MAXMEMORY

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from orderly.ingest.settings import IngestSettings
+from orderly.platform.settings import with_flags
 
 app = typer.Typer(
     help="Numbers over HTTP → RabbitMQ → one worker → PostgreSQL → daemon, in order.", no_args_is_help=True
@@ -16,9 +17,7 @@ app = typer.Typer(
 
 
 def _settings(**ingest: object) -> IngestSettings:
-    base = IngestSettings()
-    options = base.ingest.model_copy(update={k: v for k, v in ingest.items() if v is not None})
-    return base.model_copy(update={"ingest": options})
+    return with_flags(IngestSettings(), "ingest", **ingest)
 
 
 @app.command()

@@ -65,13 +65,16 @@ class Session:
     def __init__(self, *, settings: IngestSettings, writer: Writer, shutdown: Shutdown) -> None:
         self.options = settings.ingest
         self.writer, self.shutdown = writer, shutdown
-        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        # Prefetch two batches so the next one is already here while this one commits; the broker never has more
+        # unacked deliveries out to this channel than the prefetch, so an inbox of that size never fills up.
+        self.prefetch = min(2 * self.options.batch_size, 65535)
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue(maxsize=self.prefetch)
         self.lost = asyncio.Event()
         self.backoff = 0.1
         self.dead_letters: DeadLetters | None = None  # set in run(), on a channel with publisher confirms
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.inbox.put_nowait(message)
+        await self.inbox.put(message)  # bounded: would wait (never drop) if the broker ever sent past the prefetch
 
     def on_close(self, *_args: Any) -> None:
         self.lost.set()
@@ -249,8 +252,7 @@ class Session:
         connection.close_callbacks.add(self.on_close)
         channel = await connection.channel(publisher_confirms=False)
         channel.close_callbacks.add(self.on_close)
-        # Prefetch two batches so the next one is already here while this one commits.
-        await channel.set_qos(prefetch_count=min(2 * self.options.batch_size, 65535))
+        await channel.set_qos(prefetch_count=self.prefetch)
         confirmed = await connection.channel(publisher_confirms=True)
         confirmed.close_callbacks.add(self.on_close)
         self.dead_letters = DeadLetters(confirmed, queue=self.options.dead_letter_queue)

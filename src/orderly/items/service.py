@@ -17,6 +17,7 @@ from orderly.items.domain import (
     CampaignNotFoundError,
     ChangeEvent,
     EventKind,
+    InvalidFieldError,
     Item,
     ItemNotFoundError,
     Page,
@@ -24,6 +25,7 @@ from orderly.items.domain import (
     clean_description,
     clean_name,
 )
+from orderly.items.settings import LIST_MAX_OFFSET
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +93,27 @@ async def remove_item(*, pool: asyncpg.Pool, cache: ListCache, item_id: int, cam
 
 
 async def reprioritize_item(
-    *, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int, new_priority: int
+    *, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int, new_priority: int, max_moves: int
 ) -> list[Item]:
-    """Move the item to ``new_priority``; every item at or above it moves up by one. Returns the changed items."""
+    """Move the item to ``new_priority``; the items in its way move up by one. Returns the changed items.
+
+    Only the unbroken run of priorities from ``new_priority`` is in the way (the first free priority ends it), so the
+    order is the one shifting every item at or above would give, at the cost of the run alone. A run longer than
+    ``max_moves`` is refused before anything changes: one request's work (row updates, outbox events, one change
+    each in /logs) stays bounded.
+    """
     new_priority = check_priority(new_priority)
     async with pool.acquire() as conn, conn.transaction():
         # Same order as create (priority lock, then row lock) so the two can never deadlock.
         await repo.lock_priorities(conn)
         if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
             raise ItemNotFoundError(item_id)
-        changed = await repo.shift_priorities(conn, item_id=item_id, new_priority=new_priority)
+        shifted = await repo.collision_run(conn, item_id=item_id, new_priority=new_priority, limit=max_moves)
+        if len(shifted) > max_moves:
+            raise InvalidFieldError(
+                "newPriority", f"would move more than {max_moves} other items; choose a priority nearer a free one"
+            )
+        changed = await repo.move_items(conn, item_id=item_id, new_priority=new_priority, shifted=shifted)
         await repo.add_events(conn, _events("reprioritized", changed))
     await cache.invalidate()
     return changed
@@ -112,6 +125,7 @@ async def list_items(
     cache: ListCache,
     limit: int,
     offset: int,
+    max_offset: int = LIST_MAX_OFFSET,
     after_load: AfterLoad | None = None,
     flights: SingleFlight[bytes] | None = None,
 ) -> tuple[bytes, bool]:
@@ -122,6 +136,8 @@ async def list_items(
     write the caller has seen answered: every write bumps the generation before its response, so a reader that
     starts after that response sees the new generation and joins, or starts, a load of its own.
     """
+    if offset > max_offset:
+        raise InvalidFieldError("offset", f"at most {max_offset}")
     generation: int | None
     try:
         generation, cached = await cache.lookup(limit=limit, offset=offset)

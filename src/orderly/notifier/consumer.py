@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orderly.notifier.events import BadEventError, parse_event, render_line
-from orderly.notifier.settings import NotifierSettings
+from orderly.notifier.settings import PARK_FLUSH_SECONDS, NotifierSettings
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import kafka_config
 
@@ -40,6 +41,8 @@ def consumer_config(settings: NotifierSettings) -> dict[str, Any]:
                 "enable.auto.offset.store": False,
                 "auto.commit.interval.ms": options.commit_interval_ms,
                 "session.timeout.ms": 10_000,
+                # The time one message may take is bounded below this (NotifierOptions checks it).
+                "max.poll.interval.ms": options.max_poll_interval_ms,
                 "heartbeat.interval.ms": 1000,
             },
         )
@@ -94,8 +97,18 @@ class Notifier:
                     continue
                 if await self._handle(message, dlq, shutdown):
                     consumer.store_offsets(message=message)
+                elif not shutdown.requested:
+                    self._read_again(consumer, message)
         finally:
             await asyncio.to_thread(self._leave, consumer, dlq)
+
+    @staticmethod
+    def _read_again(consumer: Consumer, message: Message) -> None:
+        """Rewind the partition to an unfinished message: it comes again after the member polled (and stays alive)."""
+        try:
+            consumer.seek(TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0))
+        except KafkaException as exc:  # the partition was revoked meanwhile: its next owner starts at the commit
+            log.warning("could not rewind to an unfinished message", extra={"error": str(exc)})
 
     def _leave(self, consumer: Consumer, dlq: Producer) -> None:
         dlq.flush(5)
@@ -119,12 +132,28 @@ class Notifier:
                 if await shutdown.sleep(delay):
                     return False  # not processed: the member that gets the partition next sees it again
                 delay = min(delay * 2, self.options.backoff_max_seconds)
+        # Parking is bounded too: past park_timeout_seconds the member goes back to polling and reads the message
+        # again from its offset, instead of blocking the poll loop into an eviction (max.poll.interval.ms).
+        give_up_at = time.monotonic() + self.options.park_timeout_seconds
+        failing = False
         while True:
+            remaining = give_up_at - time.monotonic()
             try:
-                await self._park(message, dlq, error=f"failed {self.options.max_attempts} times")
+                await self._park(
+                    message,
+                    dlq,
+                    error=f"failed {self.options.max_attempts} times",
+                    flush_s=min(PARK_FLUSH_SECONDS, max(remaining, 0.1)),
+                )
             except ParkingFailedError as exc:
-                log.error("could not park the event in the DLQ", extra={**where, "error": str(exc)})  # noqa: TRY400
-                if await shutdown.sleep(self.options.backoff_max_seconds):
+                if not failing:
+                    failing = True
+                    log.error("could not park the event in the DLQ", extra={**where, "error": str(exc)})  # noqa: TRY400
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    log.error("parking timed out; the event will be read again", extra=where)  # noqa: TRY400
+                    return False
+                if await shutdown.sleep(min(self.options.backoff_max_seconds, remaining)):
                     return False
             else:
                 return True
@@ -138,7 +167,7 @@ class Notifier:
         self.out.flush()
         self.printed += 1
 
-    async def _park(self, message: Message, dlq: Producer, *, error: str) -> None:
+    async def _park(self, message: Message, dlq: Producer, *, error: str, flush_s: float = PARK_FLUSH_SECONDS) -> None:
         errors: list[KafkaError] = []
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
@@ -158,7 +187,7 @@ class Notifier:
             ],
             on_delivery=delivered,
         )
-        remaining = await asyncio.to_thread(dlq.flush, 10)
+        remaining = await asyncio.to_thread(dlq.flush, flush_s)
         if remaining or errors:
             raise ParkingFailedError(str(errors[0]) if errors else "DLQ flush timed out")
         log.warning(

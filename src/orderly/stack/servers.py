@@ -136,6 +136,10 @@ class MariaDB(Server):
         return debian_version(self.package)
 
 
+REDIS_MAXMEMORY = "256mb"
+REDIS_MAXMEMORY_POLICY = "volatile-lru"
+
+
 class Redis(Server):
     name = "redis"
     package = "redis-server"
@@ -150,10 +154,14 @@ class Redis(Server):
 
     def command(self) -> list[str]:
         # No persistence: the stack's Redis keeps nothing on disk (the docs say which promises depend on that).
+        # A memory cap whose policy evicts only keys that carry a TTL (volatile-lru): cached pages and answers, and
+        # in-progress marks, whose loss costs speed, never correctness. Keys without a TTL (the items cache's
+        # generation counter) are never evicted; with nothing volatile left, writes fail like a Redis outage.
         return [
             "redis-server", "--port", str(self.main_port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--pidfile", str(self.own_pid_file()), "--logfile", str(self.log_path), "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--maxclients", "2000",
+            "--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", REDIS_MAXMEMORY_POLICY,
         ]  # fmt: skip
 
     def is_ready(self) -> bool:

@@ -47,6 +47,10 @@ class StorageUnavailableError(SumsError):
     """MySQL could not be reached or the transaction failed; nothing is known to be applied (503, retryable)."""
 
 
+class OverloadedError(SumsError):
+    """Too many requests already wait for a commit; this one was not queued, nothing applied (503, retryable)."""
+
+
 @dataclass(frozen=True)
 class SumRequest:
     """A validated request: a natural number to add (None: only read) and an optional idempotency key."""

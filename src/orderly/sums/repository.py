@@ -38,7 +38,8 @@ class SumTransaction:
             return {}
         marks = ", ".join(["%s"] * len(wanted))
         await self._cur.execute(
-            f"SELECT ikey, fingerprint, response FROM idempotency_keys WHERE ikey IN ({marks})",
+            # Only the count of %s placeholders is interpolated; the keys are bound parameters.
+            f"SELECT ikey, fingerprint, response FROM idempotency_keys WHERE ikey IN ({marks})",  # noqa: S608
             [k.encode() for k in wanted],
         )
         rows = await self._cur.fetchall()
@@ -55,7 +56,8 @@ class SumTransaction:
             params += [key.encode(), response.fingerprint, response.body.decode(), ttl_s]
         if values:
             await self._cur.execute(
-                "INSERT INTO idempotency_keys (ikey, fingerprint, response, created_at, expires_at) VALUES "
+                # One fixed placeholder tuple per row is joined in; every value is a bound parameter.
+                "INSERT INTO idempotency_keys (ikey, fingerprint, response, created_at, expires_at) VALUES "  # noqa: S608
                 + ", ".join(values),
                 params,
             )

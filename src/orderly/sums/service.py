@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from orderly.sums.domain import (
     InProgressMark,
     KeyReusedError,
     Outcome,
+    OverloadedError,
     Replayed,
     RequestInProgressError,
     StorageUnavailableError,
@@ -66,7 +66,7 @@ class CommitBatcher:
         self._cache = cache
         self._options = options
         self._on_committed = on_committed
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=options.queue_max)
         self._workers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> CommitBatcher:
@@ -87,8 +87,13 @@ class CommitBatcher:
                 pending.future.set_exception(StorageUnavailableError("the service is shutting down"))
 
     async def submit(self, request: SumRequest) -> Outcome:
+        """Queue the request for the next transaction and await its outcome; OverloadedError when the queue is full."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
+        try:
+            self._queue.put_nowait(_Pending(request, future))
+        except asyncio.QueueFull:
+            waiting = self._queue.maxsize
+            raise OverloadedError(f"{waiting} requests already wait for a commit; retry shortly") from None
         return await future
 
     async def _next_batch(self) -> list[_Pending]:
@@ -211,19 +216,6 @@ class SumsService:
         if isinstance(outcome, Replayed):
             return Answer(outcome.body, replayed=True)
         raise KeyReusedError(f"idempotency key {request.key!r} was used with a different request")
-
-
-def crash_hook(key: str | None) -> Callable[[tuple[str, ...]], None] | None:
-    """The documented test hook: exit abruptly right after a commit that stored ``key`` (before the Redis write)."""
-    if key is None:
-        return None
-
-    def crash_if_committed(keys: tuple[str, ...]) -> None:
-        if key in keys:
-            log.warning("test hook: crashing after the mysql commit", extra={"key": key})
-            os._exit(137)
-
-    return crash_if_committed
 
 
 async def purge_expired_keys(*, store: SumStore, batch: int, max_batches: int = 100) -> int:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 from orderly.ingest.client import NotAcceptedError, StompSender
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Processes, Spawned, free_port, infra_env
+from tests.plumbing import Processes, Spawned, free_port, infra_env, wait_until
 
 
 def migrate(settings: InfraSettings) -> dict[str, str]:
@@ -44,21 +43,14 @@ def start_api(processes: Processes, env: dict[str, str]) -> tuple[Spawned, int]:
     return api, port
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
+async def wait_for_line(process: Spawned, needle: str, *, within: float) -> None:
+    """Wait for a stderr line containing ``needle``; fail at once, with its last lines, if the process exits."""
 
-
-def wait_for_line(process: Spawned, needle: str, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(needle in line for line in process.errors):
+    def seen() -> bool:
         assert process.proc.poll() is None, "\n".join(process.errors[-20:])
-        assert time.monotonic() < deadline, f"no log line with {needle!r}: " + "\n".join(process.errors[-20:])
-        time.sleep(0.05)
+        return any(needle in line for line in process.errors)
+
+    await wait_until(seen, within=within, what=f"a log line with {needle!r}")
 
 
 @dataclass

@@ -14,14 +14,13 @@ from tests.e2e.ingest.conftest import (
     Sent,
     assert_stored_exactly,
     count_stored,
-    eventually,
     migrate,
     send_requests,
     start_api,
     stored_requests,
     wait_for_line,
 )
-from tests.plumbing import Namespace, Processes, ScratchStack
+from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +51,11 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(100), within=60, what="requests flowing")
+    await wait_until(lambda: stored(100), within=60, what="requests flowing")
     await asyncio.to_thread(scratch.down, "rabbitmq")
     await asyncio.to_thread(scratch.up, "rabbitmq")
     resumed_from = await count_stored(settings)
-    await eventually(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+    await wait_until(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
     stop.set()
     sent: list[Sent] = await flowing
 
@@ -68,7 +67,7 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     async def last_stored() -> bool:
         return -1 in await _stored_markers(settings)
 
-    await eventually(last_stored, within=60, what="the last request stored")
+    await wait_until(last_stored, within=60, what="the last request stored")
     markers = await _stored_markers(settings)
     accepted = {s.marker for s in sent if s.status == 202}
     refused = {s.marker for s in sent if s.status == 503}
@@ -104,18 +103,18 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(300), within=60, what="the first 300 stored")
+    await wait_until(lambda: stored(300), within=60, what="the first 300 stored")
     await asyncio.to_thread(scratch.down, "postgres")
     during = await send_requests(port, clients=10, per_client=30, first_marker=300)
     assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
-    wait_for_line(worker, "PostgreSQL unavailable", timeout=30)
+    await wait_for_line(worker, "PostgreSQL unavailable", within=30)
 
     async def all_still_queued() -> bool:
         return await _queue_depth(settings) == 300
 
-    await eventually(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
+    await wait_until(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
     await asyncio.to_thread(scratch.up, "postgres")
-    await eventually(lambda: stored(600), within=90, what="the worker to resume after the restart")
+    await wait_until(lambda: stored(600), within=90, what="the worker to resume after the restart")
     assert worker.proc.poll() is None
     assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
 
@@ -139,4 +138,4 @@ async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_
     body = answer.json()
     assert body["error"] == "outcome_unknown"
     assert len(body["token"]) == 36
-    wait_for_line(api, body["token"], timeout=10)  # and the log names it
+    await wait_for_line(api, body["token"], within=10)  # and the log names it

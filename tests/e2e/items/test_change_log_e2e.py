@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from orderly.items.settings import ItemsSettings
-from tests.integration.items.support import items_env, items_settings, wait_until
-from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port
+from tests.integration.items.support import items_env, items_settings
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, wait_until
 
 
 def migrate(processes: Processes, settings: ItemsSettings) -> None:

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 from starlette.types import Receive, Scope, Send
 
 from orderly.items.app import ItemsFastPath, Runtime
+from orderly.items.settings import ItemsOptions
 from tests.plumbing import asgi_call
 
 
@@ -29,6 +30,7 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_500_with_the_platforms_
         cache=BrokenCache(),
         changelog=None,
         flights=None,
+        options=ItemsOptions(),
     )
     scope = {
         "type": "http",
