@@ -23,7 +23,6 @@ from tests.e2e.ingest.conftest import (
     assert_stored_exactly,
     count_stored,
     daemon_events,
-    eventually,
     migrate,
     send_requests,
     send_stomp_requests,
@@ -31,7 +30,7 @@ from tests.e2e.ingest.conftest import (
     stored_requests,
     wait_for_line,
 )
-from tests.plumbing import Namespace, Processes, ScratchStack
+from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
 
 
 def send_raw_frames(settings: InfraSettings, frames: list[tuple[str, dict[str, str]]]) -> None:
@@ -58,7 +57,7 @@ async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_r
     settings = await namespace.settings("stompbad")
     env = migrate(settings)
     worker = processes.start("ingest", "worker", "--batch-size", "4", env=env)
-    wait_for_line(worker, "consuming", timeout=30)  # the worker declares the STOMP entry
+    await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
     good = [str(uuid4()) for _ in range(3)]
     frames = [
         ("[1, 2]", {"token": good[0]}),
@@ -77,7 +76,7 @@ async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_r
     async def three_stored() -> bool:
         return await count_stored(settings) == 3
 
-    await eventually(three_stored, within=60, what="the three good requests stored")
+    await wait_until(three_stored, within=60, what="the three good requests stored")
     rows = await stored_requests(settings)
     assert [row["token"] for row in rows] == good
     assert [json.loads(row["body"])["numbers"] for row in rows] == [[1, 2], [5], [7, 8, 9]]
@@ -88,7 +87,7 @@ async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_r
         parked.extend(await dead_letters(settings))
         return len(parked) >= 7
 
-    await eventually(seven_parked, within=30, what="seven dead letters")
+    await wait_until(seven_parked, within=30, what="seven dead letters")
     reasons = [reason for _, reason in parked]
     assert [body for body, _ in parked] == [b"[]", b"[3]", b"[4]", b"[9223372036854775808]", b"1,2,3", b"[1.5]", b"[6]"]
     assert len(reasons) == 7
@@ -106,7 +105,7 @@ async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Nam
     env = migrate(settings)
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", env=env)
-    wait_for_line(worker, "consuming", timeout=30)
+    await wait_for_line(worker, "consuming", within=30)
     daemon = processes.start("ingest", "daemon", env=env)
 
     over_http, over_stomp = await asyncio.gather(
@@ -121,7 +120,7 @@ async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Nam
     async def all_out() -> bool:
         return len(daemon.lines) >= total
 
-    await eventually(all_out, within=120, what=f"{total} daemon lines")
+    await wait_until(all_out, within=120, what=f"{total} daemon lines")
     events = daemon_events(daemon.lines)
     assert len(events) == total
     assert_happens_before_order(accepted, events)
@@ -138,7 +137,7 @@ async def test_a_broker_restart_loses_no_receipted_stomp_request(
     settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
     env = migrate(settings)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
-    wait_for_line(worker, "consuming", timeout=30)  # the worker declares the STOMP entry
+    await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_stomp_requests(settings, clients=8, per_client=1_000_000, stop=stop))
@@ -146,11 +145,11 @@ async def test_a_broker_restart_loses_no_receipted_stomp_request(
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(100), within=60, what="requests flowing")
+    await wait_until(lambda: stored(100), within=60, what="requests flowing")
     await asyncio.to_thread(scratch.down, "rabbitmq")
     await asyncio.to_thread(scratch.up, "rabbitmq")
     resumed_from = await count_stored(settings)
-    await eventually(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+    await wait_until(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
     stop.set()
     sent = await flowing
     unreceipted = [s for s in sent if s.status != 202]
@@ -171,7 +170,7 @@ async def test_a_broker_restart_loses_no_receipted_stomp_request(
     async def last_stored() -> bool:
         return last in {row["token"] for row in await stored_requests(settings)}
 
-    await eventually(last_stored, within=60, what="the last request stored")
+    await wait_until(last_stored, within=60, what="the last request stored")
     rows = await stored_requests(settings)
     receipted = {s.token for s in sent if s.status == 202} | {last}
     stored_tokens = {row["token"] for row in rows}
