@@ -81,7 +81,11 @@ class StompSender:
         self.timeout = timeout
         self.receipts = _Receipts()
         self.connection = stomp.Connection12(
-            [(rabbit.host, rabbit.stomp_port)], vhost=rabbit.vhost, heartbeats=(0, 0), timeout=timeout
+            [(rabbit.host, rabbit.stomp_port)],
+            vhost=rabbit.vhost,
+            heartbeats=(0, 0),
+            timeout=timeout,
+            reconnect_attempts_max=1,  # the caller decides whether to try again
         )
         self.connection.set_listener("receipts", self.receipts)
         self._user, self._password = rabbit.user, rabbit.password.get_secret_value()
