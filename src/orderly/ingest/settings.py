@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orderly.platform.settings import HttpSettings, OrderlySettings, PostgresSettings, RabbitMQSettings
+from orderly.platform.settings import (
+    HttpSettings,
+    OrderlySettings,
+    PostgresSettings,
+    ProbeSettings,
+    RabbitMQSettings,
+)
 
 API_PORT = 8101
 
@@ -26,7 +32,6 @@ class IngestOptions(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
     skip_poison: bool = False
     burst: bool = False
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     daemon_name: str = "default"
     daemon_batch: int = Field(default=1000, ge=1)
     daemon_poll_ms: int = Field(default=500, ge=10)
@@ -40,3 +45,4 @@ class IngestSettings(OrderlySettings):
     rabbitmq: RabbitMQSettings = RabbitMQSettings()
     http: HttpSettings = HttpSettings(port=API_PORT)
     ingest: IngestOptions = IngestOptions()
+    probe: ProbeSettings = ProbeSettings()

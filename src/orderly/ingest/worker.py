@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter
 
 from orderly.ingest import repository
 from orderly.ingest.broker import BROKER_ERRORS, declare_queues
 from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError
+from orderly.ingest.monitor import QueueMonitor
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DEAD_LETTERS, QUEUE_DEPTH, BatchTimer
+from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ POISON = Counter("ingest_poison_messages_total", "Messages that could not be sto
 DB_WAITS = Counter("ingest_database_unavailable_total", "Transient PostgreSQL errors waited out")
 
 BURST_IDLE_S = 0.5
+BATCHES_TIMED = BatchTimer("ingest-worker")
 
 
 class ChannelLostError(Exception):
@@ -66,6 +71,7 @@ class Session:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.lost = asyncio.Event()
         self.backoff = 0.1
+        self.consumer_tag: str | None = None  # set once consuming; the probes compare it with the active one
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -135,13 +141,14 @@ class Session:
         """Commit the batch, then ack every delivery up to its last tag with one multiple-ack."""
         if not batch:
             return
-        inserted = await store_with_retry(
-            batch=[request for _, request in batch],
-            store=self.writer.store,
-            on_transient=self.on_transient,
-            transient=repository.TRANSIENT_ERRORS,
-            max_attempts=self.options.max_attempts,
-        )
+        with BATCHES_TIMED.batch(len(batch)):
+            inserted = await store_with_retry(
+                batch=[request for _, request in batch],
+                store=self.writer.store,
+                on_transient=self.on_transient,
+                transient=repository.TRANSIENT_ERRORS,
+                max_attempts=self.options.max_attempts,
+            )
         self.backoff = 0.1
         STORED.inc(inserted)
         DUPLICATES.inc(len(batch) - inserted)
@@ -201,7 +208,7 @@ class Session:
         # Prefetch two batches so the next one is already here while this one commits.
         await channel.set_qos(prefetch_count=min(2 * self.options.batch_size, 65535))
         queue = await declare_queues(channel, self.options)
-        await queue.consume(self.on_message, no_ack=False)
+        self.consumer_tag = await queue.consume(self.on_message, no_ack=False)
         log.info("consuming (single active consumer; a second worker waits as standby)", extra={"queue": queue.name})
         while not self.shutdown.requested and not self.lost.is_set():
             batch = await self.next_batch(queue)
@@ -212,30 +219,80 @@ class Session:
             await self.process(batch)
 
 
+def worker_probes(
+    settings: IngestSettings, *, monitor: QueueMonitor, pool: asyncpg.Pool, current: Callable[[], Session | None]
+) -> Probes:
+    """The worker's probes: active or standby (the queue's single active consumer), queue and dead-letter depth."""
+    probes = Probes(service="ingest-worker", instance=settings.probe.instance)
+    depth, dead = QUEUE_DEPTH.labels("ingest"), DEAD_LETTERS.labels("ingest")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def rabbitmq() -> bool:
+        session = current()
+        return session is not None and session.consumer_tag is not None and not session.lost.is_set()
+
+    async def queue() -> None:
+        ready, active_tag = await monitor.depth()
+        depth.set(ready)
+        session = current()
+        if active_tag is not None and session is not None and session.consumer_tag is not None:
+            probes.set_role("active" if active_tag == session.consumer_tag else "standby")
+
+    async def dead_letters() -> None:
+        dead.set(await monitor.dead_letters())
+
+    probes.check("postgres", postgres)
+    probes.check("rabbitmq", rabbitmq)
+    probes.on_scrape("queue", queue)
+    probes.on_scrape("dead_letters", dead_letters)
+    return probes
+
+
+class Worker:
+    """AMQP sessions one after another until stopped; ``session`` is the current one (read by the probes)."""
+
+    def __init__(self, settings: IngestSettings, shutdown: Shutdown) -> None:
+        self.settings, self.shutdown = settings, shutdown
+        self.session: Session | None = None
+
+    async def run(self) -> None:
+        settings, shutdown = self.settings, self.shutdown
+        writer = Writer(settings)
+        backoff = 0.1
+        try:
+            while not shutdown.requested:
+                session = self.session = Session(settings=settings, writer=writer, shutdown=shutdown)
+                try:
+                    connection = await aio_pika.connect(settings.rabbitmq.url())
+                except BROKER_ERRORS as exc:
+                    log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    if await shutdown.sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                try:
+                    async with connection:
+                        await session.run(connection)
+                except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
+                    log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
+                except StoppingError:
+                    log.info("stopping with an uncommitted batch left unacked")
+        finally:
+            await writer.discard()
+
+
 async def run_worker(settings: IngestSettings, shutdown: Shutdown) -> None:
-    """Composition root of the worker: a PostgreSQL writer and AMQP sessions, reconnecting until stopped."""
-    if settings.ingest.metrics_port:
-        start_http_server(settings.ingest.metrics_port, addr=settings.http.host)
-    writer = Writer(settings)
-    backoff = 0.1
+    """Composition root of the worker: its probes, a PostgreSQL writer and AMQP sessions, reconnecting until stopped."""
+    worker = Worker(settings, shutdown)
+    monitor = QueueMonitor(settings.rabbitmq, settings.ingest)
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
     try:
-        while not shutdown.requested:
-            session = Session(settings=settings, writer=writer, shutdown=shutdown)
-            try:
-                connection = await aio_pika.connect(settings.rabbitmq.url())
-            except BROKER_ERRORS as exc:
-                log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
-            try:
-                async with connection:
-                    await session.run(connection)
-            except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
-                log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
-            except StoppingError:
-                log.info("stopping with an uncommitted batch left unacked")
+        async with postgres_pool(probe_db) as probe_pool:
+            probes = worker_probes(settings, monitor=monitor, pool=probe_pool, current=lambda: worker.session)
+            async with serve_probes(settings.probe, probes):
+                await worker.run()
     finally:
-        await writer.discard()
+        await monitor.aclose()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from orderly.items.settings import ITEMS_HTTP_PORT, ItemsSettings
+from orderly.platform.flags import HealthPort, use_health_port
 
 app = typer.Typer(help="items: CRUD with row locks, a never-stale list cache, a change log in ClickHouse.")
 
@@ -40,12 +41,13 @@ def api(
 
 
 @app.command()
-def relay(burst: Burst = False) -> None:
+def relay(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Move outbox rows to the JetStream stream (Nats-Msg-Id = event id), deleting them after the PubAck."""
     from orderly.items.relay import run_relay
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = ItemsSettings()
     configure_logging(settings.log, process="items-relay")
 
@@ -56,12 +58,13 @@ def relay(burst: Burst = False) -> None:
 
 
 @app.command()
-def audit(burst: Burst = False) -> None:
+def audit(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Insert change events from the durable JetStream consumer into ClickHouse in batches, acking after insert."""
     from orderly.items.audit import run_audit
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = ItemsSettings()
     configure_logging(settings.log, process="items-audit")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from orderly.platform.settings import HttpSettings, KafkaSettings, OrderlySettings, PostgresSettings
+from orderly.platform.settings import HttpSettings, KafkaSettings, OrderlySettings, PostgresSettings, ProbeSettings
 
 EVENTS_TOPIC = "loms.order-events"
 DLQ_TOPIC = "loms.order-events.dlq"
@@ -29,6 +29,7 @@ class LomsSettings(OrderlySettings):
     kafka: KafkaSettings = KafkaSettings()
     http: HttpSettings = HttpSettings(port=API_PORT)
     loms: LomsOptions = LomsOptions()
+    probe: ProbeSettings = ProbeSettings()
 
     def events_topic(self) -> str:
         return self.kafka.topic_prefix + EVENTS_TOPIC

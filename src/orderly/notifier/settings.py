@@ -8,7 +8,7 @@ import socket
 from pydantic import BaseModel, Field
 
 from orderly.loms.settings import DLQ_TOPIC, EVENTS_TOPIC
-from orderly.platform.settings import KafkaSettings, OrderlySettings
+from orderly.platform.settings import KafkaSettings, OrderlySettings, ProbeSettings
 
 
 def _default_instance() -> str:
@@ -29,6 +29,7 @@ class NotifierOptions(BaseModel):
 class NotifierSettings(OrderlySettings):
     kafka: KafkaSettings = KafkaSettings()
     notifier: NotifierOptions = NotifierOptions()
+    probe: ProbeSettings = ProbeSettings()
 
     def events_topic(self) -> str:
         return self.kafka.topic_prefix + EVENTS_TOPIC
