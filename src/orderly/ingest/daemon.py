@@ -99,9 +99,11 @@ def daemon_probes(settings: IngestSettings, pool: asyncpg.Pool) -> Probes:
     async def postgres() -> bool:
         return bool(await pool.fetchval("SELECT 1"))
 
+    lag_gauge = DAEMON_LAG.labels(settings.ingest.daemon_name)
+
     async def lag() -> None:
         async with pool.acquire() as conn:
-            DAEMON_LAG.set(await daemon_lag(conn, name=settings.ingest.daemon_name))
+            lag_gauge.set(await daemon_lag(conn, name=settings.ingest.daemon_name))
 
     probes.check("postgres", postgres)
     probes.on_scrape("daemon_lag", lag)

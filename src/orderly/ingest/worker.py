@@ -33,6 +33,7 @@ POISON = Counter("ingest_poison_messages_total", "Messages that could not be sto
 DB_WAITS = Counter("ingest_database_unavailable_total", "Transient PostgreSQL errors waited out")
 
 BURST_IDLE_S = 0.5
+ROLE_REFRESH_S = 5.0  # RabbitMQ's management API refreshes its queue figures every 5 s
 BATCHES_TIMED = BatchTimer("ingest-worker")
 
 
@@ -245,7 +246,7 @@ def worker_probes(
 
     probes.check("postgres", postgres)
     probes.check("rabbitmq", rabbitmq)
-    probes.on_scrape("queue", queue)
+    probes.every(ROLE_REFRESH_S, "queue", queue)  # the role shows in /healthz, so it does not wait for a scrape
     probes.on_scrape("dead_letters", dead_letters)
     return probes
 

@@ -21,7 +21,9 @@ ACTIVE = Gauge(
     "orderly_active", "1 on the single active consumer or relay lock holder, 0 on a standby", ["service", "instance"]
 )
 CONSUMER_LAG = Gauge("orderly_consumer_lag", "Messages not yet consumed, per partition", ["service", "partition"])
-DAEMON_LAG = Gauge("orderly_daemon_lag_events", "Events committed but not yet printed by the daemon")
+DAEMON_LAG = Gauge(
+    "orderly_daemon_lag_events", "Events committed but not yet printed by the daemon, per cursor", ["daemon"]
+)
 DEAD_LETTERS = Gauge("orderly_dead_letters", "Messages parked in the service's dead-letter place", ["service"])
 BATCH_SIZE = Histogram(
     "orderly_batch_size",

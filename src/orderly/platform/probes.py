@@ -51,6 +51,7 @@ class Probes:
         self.role: Role = "starting"
         self._checks: dict[str, Check] = {}
         self._refreshers: dict[str, Refresh] = {}
+        self._timers: dict[str, tuple[Refresh, float]] = {}
         self._failing: set[str] = set()
         self._refreshing: asyncio.Task[None] | None = None
         self._active = ACTIVE.labels(service, instance)
@@ -70,6 +71,21 @@ class Probes:
     def on_scrape(self, name: str, refresh: Refresh) -> None:
         """Add a refresher that sets gauges right before /metrics renders them."""
         self._refreshers[name] = refresh
+
+    def every(self, seconds: float, name: str, refresh: Refresh) -> None:
+        """Add a refresher that runs on a timer while the probes are served (for state /healthz reports, e.g. the
+        role, which must not wait for a scrape)."""
+        self._timers[name] = (refresh, seconds)
+
+    async def run_timers(self) -> None:
+        """Run every timed refresher until cancelled."""
+
+        async def tick(name: str, refresh: Refresh, seconds: float) -> None:
+            while True:
+                await self._bounded_refresh(name, refresh)
+                await asyncio.sleep(seconds)
+
+        await asyncio.gather(*(tick(name, refresh, seconds) for name, (refresh, seconds) in self._timers.items()))
 
     async def readiness(self) -> dict[str, bool]:
         names = list(self._checks)
@@ -191,9 +207,13 @@ async def serve_probes(settings: ProbeSettings, probes: Probes) -> AsyncIterator
             "choose another --health-port"
         ) from None
     log.info("probes listening", extra={"url": f"http://{settings.host}:{settings.port}", "service": probes.service})
+    timers = asyncio.create_task(probes.run_timers())
     try:
         yield server
     finally:
+        timers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timers
         server.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1):

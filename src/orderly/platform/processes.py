@@ -55,3 +55,21 @@ class ProcessSpec:
     def probe_port(self) -> int | None:
         """Where this process answers /healthz, /readyz and /metrics (None for init steps)."""
         return self.http_port or self.health_port
+
+
+def api_process(name: str, *args: str, port: int) -> ProcessSpec:
+    """An API process on ``port`` shifted by the offset; ``args`` are given ``--port`` with it."""
+    shifted = port + port_offset()
+    return ProcessSpec(name=name, args=(*args, "--port", str(shifted)), http_port=shifted)
+
+
+def background_process(name: str, *args: str) -> ProcessSpec:
+    """A background process: its health port from ``HEALTH_PORTS`` (shifted by the offset) as ``--health-port``, and
+    its name as the ``instance`` of its metrics."""
+    port = HEALTH_PORTS[name] + port_offset()
+    return ProcessSpec(
+        name=name,
+        args=(*args, "--health-port", str(port)),
+        env={"ORDERLY_PROBE__INSTANCE": name},
+        health_port=port,
+    )
