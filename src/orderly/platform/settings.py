@@ -115,6 +115,14 @@ class KafkaSettings(BaseModel):
         return f"{self.host}:{self.port}"
 
 
+class PrometheusSettings(BaseModel):
+    host: str = Field(default=LOOPBACK, description="Prometheus host")
+    port: int = Field(default=29090, ge=1, le=65535, description="Prometheus HTTP port (UI and API)")
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class HttpSettings(BaseModel):
     host: str = Field(default=LOOPBACK, description="address an API binds")
     port: int = Field(default=8000, ge=1, le=65535, description="port an API binds (each service has its own default)")
@@ -185,3 +193,4 @@ class InfraSettings(OrderlySettings):
     nats: NatsSettings = NatsSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     kafka: KafkaSettings = KafkaSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
