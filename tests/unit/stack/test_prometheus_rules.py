@@ -1,4 +1,4 @@
-"""Alert rules and scrape configuration: every rule proven by `promtool test rules`, every config accepted by promtool."""
+"""Alert rules and scrape configuration: each rule proven by `promtool test rules`, each config checked by promtool."""
 
 from __future__ import annotations
 
