@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,10 +97,10 @@ def _started_at(value: object) -> float | None:
     return None
 
 
-async def _supervised(client: httpx.AsyncClient) -> dict[str, dict[str, Any]] | None:
+async def _supervised(client: httpx.AsyncClient, port: int) -> dict[str, dict[str, Any]] | None:
     """The supervisor's view by process name, or None when it does not answer."""
     try:
-        response = await client.get(f"http://{LOOPBACK}:{SUPERVISOR_PORT + port_offset()}/status")
+        response = await client.get(f"http://{LOOPBACK}:{port}/status")
         response.raise_for_status()
         return {entry["name"]: entry for entry in response.json()["processes"]}
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -226,13 +226,18 @@ async def _read_metrics(client: httpx.AsyncClient, processes: Sequence[ProcessSt
 
 
 async def snapshot(
-    specs: Sequence[ProcessSpec], settings: InfraSettings, *, previous: tuple[float, list[Sample]] | None = None
+    specs: Sequence[ProcessSpec],
+    settings: InfraSettings,
+    *,
+    previous: tuple[float, list[Sample]] | None = None,
+    supervisor_port: int | None = None,
+    read_servers: Callable[[InfraSettings], list[ServerStatus]] = server_statuses,
 ) -> tuple[Snapshot, tuple[float, list[Sample]]]:
     """Everything at once. Throughput needs two readings: against ``previous`` (``--watch``), else 1 s apart."""
     running = [spec for spec in specs if not spec.init]
-    servers = asyncio.create_task(asyncio.to_thread(server_statuses, settings))
+    servers = asyncio.create_task(asyncio.to_thread(read_servers, settings))
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-        supervised = await _supervised(client)
+        supervised = await _supervised(client, supervisor_port or SUPERVISOR_PORT + port_offset())
         processes = list(await asyncio.gather(*(_process(client, spec, supervised) for spec in running)))
         if previous is None:
             previous = (time.monotonic(), await _read_metrics(client, processes))
