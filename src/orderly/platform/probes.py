@@ -185,6 +185,10 @@ def _handler(probes: Probes) -> Callable[[asyncio.StreamReader, asyncio.StreamWr
             await writer.drain()
         except (h11.RemoteProtocolError, TimeoutError, ConnectionError):
             pass  # a broken or slow client gets no answer; the process does not care
+        except asyncio.CancelledError:
+            # The process is stopping with a probe in flight. asyncio's stream callback would log a cancelled
+            # connection task as an error; nothing awaits this task, so ending it quietly loses nothing.
+            return
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
