@@ -163,6 +163,19 @@ def test_with_orderly_up_every_process_is_healthy_serves_its_metrics_and_prometh
         eventually(lambda: active("loms-relay") == 1, within=30, what="the loms relay to hold its lock")
         eventually(lambda: active("notifier") == 2, within=60, what="two notifiers with a partition each")
 
+        # A standby is healthy and ready, and says it is a standby.
+        ports = {spec.name: spec.health_port for spec in all_processes() if spec.health_port}
+        for name in ("ingest-worker-1", "ingest-worker-2", "notifier-1", "notifier-2", "notifier-3"):
+            port = ports[name]
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            assert health.status_code == ready.status_code == 200, (name, health.text, ready.text)
+            assert health.json()["role"] == ready.json()["role"]
+            assert health.json()["role"] in {"active", "standby"}
+        workers = (ports["ingest-worker-1"], ports["ingest-worker-2"])
+        roles = [httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["role"] for port in workers]
+        assert sorted(roles) == ["active", "standby"]
+
         # Prometheus scrapes every process (and the supervisor, once `orderly up` serves it).
         supervised = False
         with contextlib.suppress(httpx.HTTPError):
