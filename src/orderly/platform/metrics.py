@@ -24,7 +24,11 @@ CONSUMER_LAG = Gauge("orderly_consumer_lag", "Messages not yet consumed, per par
 DAEMON_LAG = Gauge(
     "orderly_daemon_lag_events", "Events committed but not yet printed by the daemon, per cursor", ["daemon"]
 )
-DEAD_LETTERS = Gauge("orderly_dead_letters", "Messages parked in the service's dead-letter place", ["service"])
+DEAD_LETTERS = Gauge(
+    "orderly_dead_letters",
+    "Dead letters waiting for an operator (ingest dead-letter queue, notifier DLQ topic, items dead-letter stream)",
+    ["service"],
+)
 BATCH_SIZE = Histogram(
     "orderly_batch_size",
     "Items per batch a batcher committed",
