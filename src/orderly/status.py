@@ -29,6 +29,7 @@ from orderly.stack.manager import Stack
 PROBE_TIMEOUT_S = 1.5
 THROUGHPUT_WINDOW_S = 1.0
 LOOPBACK = "127.0.0.1"
+URL_SCHEMES = {"postgres": "postgresql", "mariadb": "mysql", "rabbitmq": "amqp", "prometheus": "http"}
 
 # What each pipeline counts as done work (the sum of a batch-size histogram), and where its figures live.
 PIPELINES: dict[str, dict[str, str]] = {
@@ -214,7 +215,7 @@ def server_statuses(settings: InfraSettings) -> list[ServerStatus]:
     statuses = []
     for server in stack.status():
         port = next(iter(server.ports.values()))
-        scheme = "http" if server.name == "prometheus" else server.name
+        scheme = URL_SCHEMES.get(server.name, server.name)
         statuses.append(ServerStatus(server.name, server.ready, server.version, port, f"{scheme}://{LOOPBACK}:{port}"))
     return statuses
 
