@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 
 METADATA_TIMEOUT_S = 1.0
+# librdkafka's statistics (served by poll) say whether a broker connection is up: the readiness check reads them
+# instead of asking the broker, which under load can take longer than a probe may wait.
+STATS_INTERVAL_MS = 2000
 
 
 class ParkingFailedError(Exception):
@@ -72,6 +76,11 @@ class Notifier:
         self.consumer: Consumer | None = None
         # Held while the probes read through the consumer in a thread and while it closes: never both at once.
         self.consumer_lock = threading.Lock()
+        self.broker_up = False  # from the latest statistics: some broker connection is up
+
+    def _on_stats(self, stats_json: str) -> None:
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        self.broker_up = any(b.get("nodeid", -1) >= 0 and b.get("state") == "UP" for b in brokers)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.probes is not None:
@@ -92,7 +101,12 @@ class Notifier:
         )
 
     async def run(self, shutdown: Shutdown) -> None:
-        consumer = self.consumer = Consumer(consumer_config(self.settings))
+        config = {
+            **consumer_config(self.settings),
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
+        }
+        consumer = self.consumer = Consumer(config)
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
         )
@@ -220,10 +234,7 @@ def notifier_probes(settings: NotifierSettings) -> tuple[Probes, Notifier]:
             return what(notifier.consumer, topic)
 
     async def kafka() -> bool:
-        await asyncio.to_thread(
-            read, lambda c, t: c.list_topics(t, timeout=METADATA_TIMEOUT_S), settings.events_topic()
-        )
-        return True
+        return notifier.broker_up
 
     async def lag() -> None:
         for partition, behind in (await asyncio.to_thread(read, group_lag, settings.events_topic())).items():
