@@ -22,8 +22,8 @@ demo: setup ## against the running system (started when needed), prove each prom
 down: setup ## stop every server of the local stack
 	$(RUN) orderly stack down
 
-status: setup ## the local stack's servers, versions, ports and readiness
-	$(RUN) orderly stack status
+status: setup ## every process, server and pipeline at a glance (`orderly status --watch` keeps it live)
+	$(RUN) orderly status
 
 test: setup ## lint, start the stack when needed, run every test against the real servers
 	$(RUN) orderly stack up

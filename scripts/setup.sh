@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(postgresql-15 mariadb-server mariadb-client redis-server rabbitmq-server nats-server clickhouse-server
+PACKAGES=(postgresql-15 mariadb-server mariadb-client redis-server rabbitmq-server nats-server clickhouse-server prometheus
           default-jre-headless maven curl procps iproute2 wrk docker-compose)
 say() { printf 'setup: %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -245,6 +245,7 @@ class ScratchStack:
             "ORDERLY_RABBITMQ__STOMP_PORT": str(p()),
             "ORDERLY_KAFKA__PORT": str(p()),
             "ORDERLY_KAFKA__CONTROLLER_PORT": str(p()),
+            "ORDERLY_PROMETHEUS__PORT": str(p()),
         }
         # The scratch Kafka reuses the jars the shared stack resolved.
         lib = shared / "lib"

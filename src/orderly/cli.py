@@ -53,6 +53,18 @@ def init_command() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("status")
+def status_command(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the screen live until Ctrl-C.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Every process (state, PID, uptime, restarts, health), every server, every pipeline's throughput and lag."""
+    from orderly.status import show
+
+    show(watch=watch, as_json=as_json, interval=interval)
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Prove each headline promise against the running system (started when needed): PASS or FAIL with evidence."""

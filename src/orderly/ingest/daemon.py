@@ -14,8 +14,12 @@ from typing import Any, TextIO
 import asyncpg
 
 from orderly.ingest import repository
+from orderly.ingest.monitor import daemon_lag
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DAEMON_LAG
+from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,34 @@ async def follow(
         await _wait(wake, shutdown, poll_s)
 
 
+def daemon_probes(settings: IngestSettings, pool: asyncpg.Pool) -> Probes:
+    """The daemon's probes: PostgreSQL answers; how many committed events wait to be printed."""
+    probes = Probes(service="ingest-daemon", instance=settings.probe.instance)
+    probes.set_role("active")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    lag_gauge = DAEMON_LAG.labels(settings.ingest.daemon_name)
+
+    async def lag() -> None:
+        async with pool.acquire() as conn:
+            lag_gauge.set(await daemon_lag(conn, name=settings.ingest.daemon_name))
+
+    probes.check("postgres", postgres)
+    probes.on_scrape("daemon_lag", lag)
+    return probes
+
+
 async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None = None) -> None:
-    """Composition root of the daemon: a reading connection, a LISTEN connection, the sink; reconnects until stopped."""
+    """Composition root of the daemon: its probes, then the event follower."""
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
+    async with postgres_pool(probe_db) as pool, serve_probes(settings.probe, daemon_probes(settings, pool)):
+        await _print_events(settings, shutdown, stream)
+
+
+async def _print_events(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None) -> None:
+    """A reading connection, a LISTEN connection, the sink; reconnects until stopped."""
     options = settings.ingest
     sink = EventSink(options, stream or sys.stdout)
     backoff = 0.1

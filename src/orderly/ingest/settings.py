@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orderly.platform.settings import HttpSettings, OrderlySettings, PostgresSettings, RabbitMQSettings
+from orderly.platform.settings import (
+    HttpSettings,
+    OrderlySettings,
+    PostgresSettings,
+    ProbeSettings,
+    RabbitMQSettings,
+)
 
 API_PORT = 8101
 
@@ -34,7 +40,6 @@ class IngestOptions(BaseModel):
     max_attempts: int = Field(default=5, ge=1, description="permanent failures before a message counts as poison")
     skip_poison: bool = Field(default=False, description="dead-letter a poison message instead of stopping")
     burst: bool = Field(default=False, description="the worker exits once the queue is empty (tests, benchmarks)")
-    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="the worker's Prometheus port")
     daemon_name: str = Field(default="default", description="the daemon's cursor (one per independent reader)")
     daemon_batch: int = Field(default=1000, ge=1, description="events per daemon read and cursor update")
     daemon_poll_ms: int = Field(default=500, ge=10, description="the daemon's polling fallback interval")
@@ -48,3 +53,4 @@ class IngestSettings(OrderlySettings):
     rabbitmq: RabbitMQSettings = RabbitMQSettings()
     http: HttpSettings = HttpSettings(port=API_PORT)
     ingest: IngestOptions = IngestOptions()
+    probe: ProbeSettings = ProbeSettings()

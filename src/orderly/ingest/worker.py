@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter
 
 from orderly.ingest import repository
 from orderly.ingest.broker import BROKER_ERRORS, DeadLetters, declare_queues
 from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError, RejectedFrameError
+from orderly.ingest.monitor import QueueMonitor
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DEAD_LETTERS, QUEUE_DEPTH, BatchTimer
+from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ REJECTED_FRAMES = Counter("ingest_stomp_rejected_total", "STOMP requests dead-le
 DB_WAITS = Counter("ingest_database_unavailable_total", "Transient PostgreSQL errors waited out")
 
 BURST_IDLE_S = 0.5
+ROLE_REFRESH_S = 5.0  # RabbitMQ's management API refreshes its queue figures every 5 s
+BATCHES_TIMED = BatchTimer("ingest-worker")
 
 
 class ChannelLostError(Exception):
@@ -72,6 +78,7 @@ class Session:
         self.lost = asyncio.Event()
         self.backoff = 0.1
         self.dead_letters: DeadLetters | None = None  # set in run(), on a channel with publisher confirms
+        self.consumer_tag: str | None = None  # set once consuming; the probes compare it with the active one
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         await self.inbox.put(message)  # bounded: would wait (never drop) if the broker ever sent past the prefetch
@@ -141,13 +148,14 @@ class Session:
         """Commit the batch, then ack every delivery up to its last tag with one multiple-ack."""
         if not batch:
             return
-        stored = await store_with_retry(
-            batch=[request for _, request in batch],
-            store=self.writer.store,
-            on_transient=self.on_transient,
-            transient=repository.TRANSIENT_ERRORS,
-            max_attempts=self.options.max_attempts,
-        )
+        with BATCHES_TIMED.batch(len(batch)):
+            stored = await store_with_retry(
+                batch=[request for _, request in batch],
+                store=self.writer.store,
+                on_transient=self.on_transient,
+                transient=repository.TRANSIENT_ERRORS,
+                max_attempts=self.options.max_attempts,
+            )
         self.backoff = 0.1
         STORED.inc(stored.inserted)
         DUPLICATES.inc(len(batch) - stored.inserted)
@@ -257,7 +265,7 @@ class Session:
         confirmed.close_callbacks.add(self.on_close)
         self.dead_letters = DeadLetters(confirmed, queue=self.options.dead_letter_queue)
         queue = await declare_queues(channel, self.options)
-        await queue.consume(self.on_message, no_ack=False)
+        self.consumer_tag = await queue.consume(self.on_message, no_ack=False)
         log.info("consuming (single active consumer; a second worker waits as standby)", extra={"queue": queue.name})
         while not self.shutdown.requested and not self.lost.is_set():
             batch = await self.next_batch(queue)
@@ -268,30 +276,80 @@ class Session:
             await self.process(batch)
 
 
+def worker_probes(
+    settings: IngestSettings, *, monitor: QueueMonitor, pool: asyncpg.Pool, current: Callable[[], Session | None]
+) -> Probes:
+    """The worker's probes: active or standby (the queue's single active consumer), queue and dead-letter depth."""
+    probes = Probes(service="ingest-worker", instance=settings.probe.instance)
+    depth, dead = QUEUE_DEPTH.labels("ingest"), DEAD_LETTERS.labels("ingest")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def rabbitmq() -> bool:
+        session = current()
+        return session is not None and session.consumer_tag is not None and not session.lost.is_set()
+
+    async def queue() -> None:
+        ready, active_tag = await monitor.depth()
+        depth.set(ready)
+        session = current()
+        if active_tag is not None and session is not None and session.consumer_tag is not None:
+            probes.set_role("active" if active_tag == session.consumer_tag else "standby")
+
+    async def dead_letters() -> None:
+        dead.set(await monitor.dead_letters())
+
+    probes.check("postgres", postgres)
+    probes.check("rabbitmq", rabbitmq)
+    probes.every(ROLE_REFRESH_S, "queue", queue)  # the role shows in /healthz, so it does not wait for a scrape
+    probes.on_scrape("dead_letters", dead_letters)
+    return probes
+
+
+class Worker:
+    """AMQP sessions one after another until stopped; ``session`` is the current one (read by the probes)."""
+
+    def __init__(self, settings: IngestSettings, shutdown: Shutdown) -> None:
+        self.settings, self.shutdown = settings, shutdown
+        self.session: Session | None = None
+
+    async def run(self) -> None:
+        settings, shutdown = self.settings, self.shutdown
+        writer = Writer(settings)
+        backoff = 0.1
+        try:
+            while not shutdown.requested:
+                session = self.session = Session(settings=settings, writer=writer, shutdown=shutdown)
+                try:
+                    connection = await aio_pika.connect(settings.rabbitmq.url())
+                except BROKER_ERRORS as exc:
+                    log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    if await shutdown.sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                try:
+                    async with connection:
+                        await session.run(connection)
+                except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
+                    log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
+                except StoppingError:
+                    log.info("stopping with an uncommitted batch left unacked")
+        finally:
+            await writer.discard()
+
+
 async def run_worker(settings: IngestSettings, shutdown: Shutdown) -> None:
-    """Composition root of the worker: a PostgreSQL writer and AMQP sessions, reconnecting until stopped."""
-    if settings.ingest.metrics_port:
-        start_http_server(settings.ingest.metrics_port, addr=settings.http.host)
-    writer = Writer(settings)
-    backoff = 0.1
+    """Composition root of the worker: its probes, a PostgreSQL writer and AMQP sessions, reconnecting until stopped."""
+    worker = Worker(settings, shutdown)
+    monitor = QueueMonitor(settings.rabbitmq, settings.ingest)
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
     try:
-        while not shutdown.requested:
-            session = Session(settings=settings, writer=writer, shutdown=shutdown)
-            try:
-                connection = await aio_pika.connect(settings.rabbitmq.url())
-            except BROKER_ERRORS as exc:
-                log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
-            try:
-                async with connection:
-                    await session.run(connection)
-            except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
-                log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
-            except StoppingError:
-                log.info("stopping with an uncommitted batch left unacked")
+        async with postgres_pool(probe_db) as probe_pool:
+            probes = worker_probes(settings, monitor=monitor, pool=probe_pool, current=lambda: worker.session)
+            async with serve_probes(settings.probe, probes):
+                await worker.run()
     finally:
-        await writer.discard()
+        await monitor.aclose()

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import nats.errors
 from clickhouse_driver.errors import Error as ClickHouseError
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from orderly.items.backoff import Backoff
@@ -23,12 +26,15 @@ from orderly.items.relay import nats_until_connected
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import consumer_config, ensure_stream
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import CONSUMER_LAG, BatchTimer
 from orderly.platform.pools import clickhouse_client
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
 NATS_TRANSIENT = (nats.errors.Error, JetStreamError, OSError, TimeoutError)
 CLICKHOUSE_TRANSIENT = (ClickHouseError, OSError, EOFError, TimeoutError)
+BATCHES = BatchTimer("items-audit")
 
 
 class Batcher:
@@ -61,7 +67,8 @@ async def insert_until_taken(changelog: ChangeLog, batch: list[Msg], shutdown: S
     payloads = [message.data for message in batch]
     while True:
         try:
-            rows = await changelog.insert(payloads)
+            with BATCHES.batch(len(payloads)):
+                rows = await changelog.insert(payloads)
         except CLICKHOUSE_TRANSIENT as exc:
             delay = backoff.delay()
             log.warning("ClickHouse insert failed, events wait", extra={"error": repr(exc), "retry_in_s": delay})
@@ -77,15 +84,53 @@ async def insert_until_taken(changelog: ChangeLog, batch: list[Msg], shutdown: S
         return True
 
 
+def audit_probes(
+    settings: ItemsSettings, changelog: ChangeLog, jetstream: Callable[[], JetStreamContext | None]
+) -> Probes:
+    """The audit consumer's probes: NATS and ClickHouse answer; the durable consumer's backlog.
+
+    Every audit process pulls from the same durable consumer, so each is active."""
+    probes = Probes(service="items-audit", instance=settings.probe.instance)
+    probes.set_role("active")
+    lag = CONSUMER_LAG.labels("items", "0")  # a JetStream stream is one ordered log: partition 0
+
+    async def nats_server() -> bool:
+        return jetstream() is not None
+
+    async def clickhouse() -> bool:
+        return await changelog.ping()
+
+    async def backlog() -> None:
+        js = jetstream()
+        if js is None:
+            return
+        info = await js.consumer_info(settings.stream_name, settings.items.consumer, timeout=1.5)
+        lag.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+
+    probes.check("nats", nats_server)
+    probes.check("clickhouse", clickhouse)
+    probes.on_scrape("consumer_lag", backlog)
+    return probes
+
+
 async def run_audit(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
     """The audit process's composition root; ``burst`` stops after the first empty fetch."""
     options = settings.items
     changelog = ChangeLog(clickhouse_client(settings.clickhouse), database=settings.clickhouse.database)
+    connected: list[tuple[NatsClient, JetStreamContext]] = []
+
+    def jetstream() -> JetStreamContext | None:
+        return connected[0][1] if connected and connected[0][0].is_connected else None
+
     try:
-        async with nats_until_connected(settings, shutdown) as nc:
+        async with (
+            serve_probes(settings.probe, audit_probes(settings, changelog, jetstream)),
+            nats_until_connected(settings, shutdown) as nc,
+        ):
             if nc is None:
                 return
             js = nc.jetstream()
+            connected.append((nc, js))
             backoff = Backoff(cap=options.retry_max_seconds)
             batcher: Batcher | None = None
             while not shutdown.requested:

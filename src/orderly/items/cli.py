@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from orderly.items.settings import ITEMS_HTTP_PORT, ItemsSettings
+from orderly.platform.flags import HealthPort, use_health_port
 
 if TYPE_CHECKING:
     from orderly.platform.lifecycle import Shutdown
@@ -44,18 +45,20 @@ def api(
 
 
 @app.command()
-def relay(burst: Burst = False) -> None:
+def relay(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Move outbox rows to the JetStream stream (Nats-Msg-Id = event id), deleting them after the PubAck."""
     from orderly.items.relay import run_relay
 
+    use_health_port(health_port)
     _run_background("items-relay", lambda settings, shutdown: run_relay(settings, shutdown, burst=burst))
 
 
 @app.command()
-def audit(burst: Burst = False) -> None:
+def audit(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Insert change events from the durable JetStream consumer into ClickHouse in batches, acking after insert."""
     from orderly.items.audit import run_audit
 
+    use_health_port(health_port)
     _run_background("items-audit", lambda settings, shutdown: run_audit(settings, shutdown, burst=burst))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -20,10 +20,13 @@ from orderly.items.backoff import Backoff
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream, publish_all
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
 from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
+BATCHES = BatchTimer("items-relay")
 TRANSIENT = (nats.errors.Error, JetStreamError, asyncpg.PostgresConnectionError, OSError, TimeoutError)
 
 
@@ -36,8 +39,9 @@ async def relay_batch(*, pool: asyncpg.Pool, js: JetStreamContext, stream: str, 
     async with pool.acquire() as conn, conn.transaction():
         rows = await repo.claim_outbox(conn, limit=batch_size)
         if rows:
-            await publish_all(js, stream=stream, rows=rows)
-            await repo.delete_outbox(conn, [row.id for row in rows])
+            with BATCHES.batch(len(rows)):
+                await publish_all(js, stream=stream, rows=rows)
+                await repo.delete_outbox(conn, [row.id for row in rows])
     return len(rows)
 
 
@@ -64,11 +68,44 @@ async def nats_until_connected(settings: ItemsSettings, shutdown: Shutdown) -> A
                 await nc.close()
 
 
+def relay_probes(settings: ItemsSettings, pool: asyncpg.Pool, nats_client: Callable[[], NatsClient | None]) -> Probes:
+    """The relay's probes: PostgreSQL and NATS answer; the outbox backlog and its oldest row's age.
+
+    Relays claim with SKIP LOCKED, so every running relay is active."""
+    probes = Probes(service="items-relay", instance=settings.probe.instance)
+    probes.set_role("active")
+    pending, age = OUTBOX_PENDING.labels("items"), OUTBOX_OLDEST_AGE.labels("items")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def nats_server() -> bool:
+        nc = nats_client()
+        return nc is not None and nc.is_connected
+
+    async def outbox() -> None:
+        async with pool.acquire() as conn:
+            rows, oldest = await repo.outbox_backlog(conn)
+        pending.set(rows)
+        age.set(oldest)
+
+    probes.check("postgres", postgres)
+    probes.check("nats", nats_server)
+    probes.on_scrape("outbox", outbox)
+    return probes
+
+
 async def run_relay(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
     """The relay's composition root; ``burst`` stops once the outbox is empty (tests, one-off runs)."""
-    async with postgres_pool(settings.postgres) as pool, nats_until_connected(settings, shutdown) as nc:
+    connected: list[NatsClient] = []
+    async with (
+        postgres_pool(settings.postgres) as pool,
+        serve_probes(settings.probe, relay_probes(settings, pool, lambda: connected[0] if connected else None)),
+        nats_until_connected(settings, shutdown) as nc,
+    ):
         if nc is None:
             return
+        connected.append(nc)
         js = nc.jetstream()
         wake = asyncio.Event()
         async with pool.acquire() as listener:

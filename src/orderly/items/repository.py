@@ -190,3 +190,13 @@ async def claim_outbox(conn: asyncpg.Connection, *, limit: int) -> list[OutboxRo
 
 async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
     await conn.execute("DELETE FROM items_outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+
+async def outbox_backlog(conn: asyncpg.Connection) -> tuple[int, float]:
+    """Outbox rows waiting for the relay, and the age in seconds of the oldest (0 when none wait)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM items_outbox) AS pending,
+                  coalesce(extract(epoch FROM now() - (SELECT created_at FROM items_outbox ORDER BY id LIMIT 1)), 0)
+                    AS age"""
+    )
+    return int(row["pending"]), max(float(row["age"]), 0.0)

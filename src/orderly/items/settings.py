@@ -10,6 +10,7 @@ from orderly.platform.settings import (
     NatsSettings,
     OrderlySettings,
     PostgresSettings,
+    ProbeSettings,
     RedisSettings,
 )
 
@@ -43,6 +44,7 @@ class ItemsSettings(OrderlySettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     http: HttpSettings = HttpSettings(port=ITEMS_HTTP_PORT)
     items: ItemsOptions = ItemsOptions()
+    probe: ProbeSettings = ProbeSettings()
 
     @property
     def stream_name(self) -> str:

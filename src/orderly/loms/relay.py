@@ -19,9 +19,12 @@ from typing import Any, Protocol
 import asyncpg
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from orderly.loms import repository
 from orderly.loms.settings import LomsOptions, LomsSettings
 from orderly.platform.lifecycle import Shutdown
-from orderly.platform.pools import kafka_config
+from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
+from orderly.platform.pools import kafka_config, postgres_pool
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ STOP_FLUSH_SECONDS = 7.0
 CONNECT_SECONDS = 5.0
 # librdkafka statistics, read only to learn when the idempotent producer got its producer id (see new_producer).
 STATS_INTERVAL_MS = 50
+BATCHES = BatchTimer("loms-relay")
 
 
 class DeliveryFailedError(Exception):
@@ -46,6 +50,14 @@ class RelayStats:
     started_at: float = field(default_factory=time.monotonic)
     first_claim_at: float | None = None  # when the first non-empty claim was sent: draining time starts here
     last_delete_at: float | None = None
+    broker_ok: bool = True  # False from a batch the broker did not acknowledge until the next one it did
+
+    def acknowledged(self, rows: int, seconds: float) -> None:
+        """A batch of ``rows`` was acknowledged ``seconds`` after it was handed to the producer."""
+        BATCHES.observe(rows, seconds)
+        self.published += rows
+        self.batches += 1
+        self.broker_ok = True
 
     @property
     def drain_seconds(self) -> float | None:
@@ -234,6 +246,7 @@ async def pump(
                     # Draining starts when the first non-empty claim was sent, so its PostgreSQL time counts, as it
                     # does in the benchmark's raw claim-and-delete loop.
                     stats.first_claim_at = claimed_at
+            sent_at = time.perf_counter()
             sending = asyncio.create_task(publish(sender.producer, sender.errors, topic, rows, shutdown=shutdown))
             try:
                 await delete_acked()
@@ -252,8 +265,7 @@ async def pump(
                 if await shutdown.sleep(options.retry_backoff_seconds):
                     return
                 continue
-            stats.published += len(rows)
-            stats.batches += 1
+            stats.acknowledged(len(rows), time.perf_counter() - sent_at)
             late = late_rows_below(ahead, rows)
             acked, rows = rows, ([] if late else ahead)
         await delete_acked()
@@ -291,6 +303,7 @@ def _after_failure(
     """Log the failed batch and hand back a fresh producer: a new idempotence session, as the old one may hold a
     fatal error."""
     stats.failed_batches += 1
+    stats.broker_ok = False
     log.warning(
         "batch not acknowledged; it will be sent again",
         extra={"first_id": rows[0][0], "rows": len(rows), "error": str(exc)},
@@ -299,9 +312,45 @@ def _after_failure(
     return new_producer(settings)
 
 
+def relay_probes(settings: LomsSettings, pool: asyncpg.Pool, stats: RelayStats) -> Probes:
+    """The relay's probes: active while it holds the relay lock, standby while it waits; PostgreSQL and Kafka answer;
+    the outbox backlog and its oldest row's age."""
+    probes = Probes(service="loms-relay", instance=settings.probe.instance)
+    pending, age = OUTBOX_PENDING.labels("loms"), OUTBOX_OLDEST_AGE.labels("loms")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def kafka() -> bool:
+        return stats.broker_ok
+
+    async def outbox() -> None:
+        async with pool.acquire() as conn:
+            rows, oldest = await repository.outbox_backlog(conn)
+        pending.set(rows)
+        age.set(oldest)
+
+    probes.check("postgres", postgres)
+    probes.check("kafka", kafka)
+    probes.on_scrape("outbox", outbox)
+    return probes
+
+
 async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool = False) -> RelayStats:
-    """Composition root of the relay: wait to be the active relay, then pump; reconnect after a lost connection."""
+    """Composition root of the relay: its probes, then relay sessions until stopped."""
     stats = RelayStats()
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
+    async with postgres_pool(probe_db) as pool:
+        probes = relay_probes(settings, pool, stats)
+        async with serve_probes(settings.probe, probes):
+            await _relay_sessions(settings, shutdown, stats=stats, probes=probes, burst=burst)
+    return stats
+
+
+async def _relay_sessions(
+    settings: LomsSettings, shutdown: Shutdown, *, stats: RelayStats, probes: Probes, burst: bool
+) -> None:
+    """Wait to be the active relay, then pump; reconnect after a lost connection."""
     while not shutdown.requested:
         try:
             conn = await asyncpg.connect(settings.postgres.dsn())
@@ -310,28 +359,32 @@ async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool =
             await shutdown.sleep(settings.loms.retry_backoff_seconds)
             continue
         try:
-            if not await _become_active(conn, settings=settings, shutdown=shutdown):
-                return stats
+            if not await _become_active(conn, settings=settings, shutdown=shutdown, probes=probes):
+                return
+            probes.set_role("active")
             log.info("relay active", extra={"topic": settings.events_topic()})
             await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
             if burst:
                 log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
-                return stats
+                return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})
             await shutdown.sleep(settings.loms.retry_backoff_seconds)
         finally:
+            probes.set_role("starting")
             await _close(conn)
     log.info("relay stopped", extra={"published": stats.published, "batches": stats.batches})
-    return stats
 
 
-async def _become_active(conn: asyncpg.Connection, *, settings: LomsSettings, shutdown: Shutdown) -> bool:
+async def _become_active(
+    conn: asyncpg.Connection, *, settings: LomsSettings, shutdown: Shutdown, probes: Probes
+) -> bool:
     """Hold the relay lock (session-level, so it goes away with a dead process's connection)."""
     waiting_logged = False
     while not shutdown.requested:
         if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
             return True
+        probes.set_role("standby")
         if not waiting_logged:
             log.info("another relay is active; standing by")
             waiting_logged = True

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from orderly.platform.settings import HttpSettings, KafkaSettings, OrderlySettings, PostgresSettings, with_flags
+from orderly.platform.settings import (
+    HttpSettings,
+    KafkaSettings,
+    OrderlySettings,
+    PostgresSettings,
+    ProbeSettings,
+    with_flags,
+)
 
 EVENTS_TOPIC = "loms.order-events"
 DLQ_TOPIC = "loms.order-events.dlq"
@@ -30,6 +37,7 @@ class LomsSettings(OrderlySettings):
     kafka: KafkaSettings = KafkaSettings()
     http: HttpSettings = HttpSettings(port=API_PORT)
     loms: LomsOptions = LomsOptions()
+    probe: ProbeSettings = ProbeSettings()
 
     def events_topic(self) -> str:
         return self.kafka.topic_prefix + EVENTS_TOPIC

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -19,9 +21,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import PARK_FLUSH_SECONDS, NotifierSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import CONSUMER_LAG, DEAD_LETTERS
 from orderly.platform.pools import kafka_config
+from orderly.platform.probes import Probes, serve_probes
 
 log = logging.getLogger(__name__)
+
+
+METADATA_TIMEOUT_S = 1.0
+# librdkafka's statistics (served by poll) say whether a broker connection is up: the readiness check reads them
+# instead of asking the broker, which under load can take longer than a probe may wait.
+STATS_INTERVAL_MS = 2000
 
 
 class ParkingFailedError(Exception):
@@ -60,13 +70,24 @@ def _commit_now(consumer: Consumer, why: str) -> None:
 class Notifier:
     """One member of the notifier group; ``run`` is its whole life, from subscribe to leaving the group."""
 
-    def __init__(self, settings: NotifierSettings, *, out: TextIO = sys.stdout) -> None:
+    def __init__(self, settings: NotifierSettings, *, out: TextIO = sys.stdout, probes: Probes | None = None) -> None:
         self.settings = settings
         self.options = settings.notifier
         self.out = out
         self.printed = 0
+        self.probes = probes
+        self.consumer: Consumer | None = None
+        # Held while the probes read through the consumer in a thread and while it closes: never both at once.
+        self.consumer_lock = threading.Lock()
+        self.broker_up = False  # from the latest statistics: some broker connection is up
+
+    def _on_stats(self, stats_json: str) -> None:
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        self.broker_up = any(b.get("nodeid", -1) >= 0 and b.get("state") == "UP" for b in brokers)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.probes is not None:
+            self.probes.set_role("active" if partitions else "standby")
         log.info(
             "partitions assigned",
             extra={"instance": self.options.instance, "partitions": sorted(p.partition for p in partitions)},
@@ -75,13 +96,20 @@ class Notifier:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What this member finished must be committed before another member starts on its partitions.
         _commit_now(consumer, "revoke")
+        if self.probes is not None:
+            self.probes.set_role("standby")
         log.info(
             "partitions revoked",
             extra={"instance": self.options.instance, "partitions": sorted(p.partition for p in partitions)},
         )
 
     async def run(self, shutdown: Shutdown) -> None:
-        consumer = Consumer(consumer_config(self.settings))
+        config = {
+            **consumer_config(self.settings),
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
+        }
+        consumer = self.consumer = Consumer(config)
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
         )
@@ -113,7 +141,9 @@ class Notifier:
     def _leave(self, consumer: Consumer, dlq: Producer) -> None:
         dlq.flush(5)
         _commit_now(consumer, "shutdown")
-        consumer.close()  # leaves the group at once, so a standby member takes over without a session timeout
+        with self.consumer_lock:
+            self.consumer = None
+            consumer.close()  # leaves the group at once, so a standby member takes over without a session timeout
         log.info("notifier stopped", extra={"instance": self.options.instance, "printed": self.printed})
 
     async def _handle(self, message: Message, dlq: Producer, shutdown: Shutdown) -> bool:
@@ -196,7 +226,61 @@ class Notifier:
         )
 
 
+def group_lag(consumer: Consumer, topic: str) -> dict[int, int]:
+    """The group's lag per partition of ``topic``: end offset minus committed offset (from the start when none)."""
+    metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics[topic]
+    partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+    lag = {}
+    for tp in consumer.committed(partitions, timeout=METADATA_TIMEOUT_S):
+        low, high = consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S, cached=False)
+        lag[tp.partition] = max(high - (tp.offset if tp.offset >= 0 else low), 0)
+    return lag
+
+
+def topic_depth(consumer: Consumer, topic: str) -> int:
+    """Messages held in ``topic`` (end minus start offset over its partitions): the DLQ's dead letters."""
+    metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics[topic]
+    total = 0
+    for partition in metadata.partitions:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S, cached=False
+        )
+        total += high - low
+    return total
+
+
+def notifier_probes(settings: NotifierSettings) -> tuple[Probes, Notifier]:
+    """A notifier and its probes: active with partitions assigned, standby without; Kafka answers; the group's lag
+    per partition and the DLQ topic's depth."""
+    probes = Probes(service="notifier", instance=settings.notifier.instance)
+    notifier = Notifier(settings, probes=probes)
+    dead = DEAD_LETTERS.labels("notifier")
+
+    def read(what: Any, topic: str) -> Any:
+        with notifier.consumer_lock:
+            if notifier.consumer is None:
+                raise KafkaException(KafkaError(KafkaError._STATE, "the consumer is not running"))
+            return what(notifier.consumer, topic)
+
+    async def kafka() -> bool:
+        return notifier.broker_up
+
+    async def lag() -> None:
+        for partition, behind in (await asyncio.to_thread(read, group_lag, settings.events_topic())).items():
+            CONSUMER_LAG.labels("notifier", str(partition)).set(behind)
+
+    async def dead_letters() -> None:
+        dead.set(await asyncio.to_thread(read, topic_depth, settings.dlq_topic()))
+
+    probes.check("kafka", kafka)
+    probes.on_scrape("consumer_lag", lag)
+    probes.on_scrape("dead_letters", dead_letters)
+    return probes, notifier
+
+
 async def run_notifier(settings: NotifierSettings, shutdown: Shutdown) -> None:
-    """Composition root of the notifier process."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await Notifier(settings).run(shutdown)
+    """Composition root of the notifier process: its probes, then the consumer."""
+    probes, notifier = notifier_probes(settings)
+    async with serve_probes(settings.probe, probes):
+        with contextlib.suppress(asyncio.CancelledError):
+            await notifier.run(shutdown)

@@ -9,7 +9,7 @@ from typing import Self
 from pydantic import BaseModel, Field, model_validator
 
 from orderly.loms.settings import DLQ_TOPIC, EVENTS_TOPIC
-from orderly.platform.settings import KafkaSettings, OrderlySettings, with_flags
+from orderly.platform.settings import KafkaSettings, OrderlySettings, ProbeSettings, with_flags
 
 
 def _default_instance() -> str:
@@ -47,6 +47,7 @@ class NotifierOptions(BaseModel):
 class NotifierSettings(OrderlySettings):
     kafka: KafkaSettings = KafkaSettings()
     notifier: NotifierOptions = NotifierOptions()
+    probe: ProbeSettings = ProbeSettings()
 
     def events_topic(self) -> str:
         return self.kafka.topic_prefix + EVENTS_TOPIC

@@ -87,3 +87,20 @@ def with_port_offset(spec: ProcessSpec, offset: int) -> ProcessSpec:
 
 def _is_port_flag(arg: str) -> bool:
     return arg == "--port" or (arg.startswith("--") and arg.endswith("-port"))
+
+
+def api_process(name: str, *args: str, port: int) -> ProcessSpec:
+    """An API process on ``port`` (`orderly up` shifts it by the offset); ``args`` are given ``--port`` with it."""
+    return ProcessSpec(name=name, args=(*args, "--port", str(port)), http_port=port)
+
+
+def background_process(name: str, *args: str) -> ProcessSpec:
+    """A background process: its health port from ``HEALTH_PORTS`` as ``--health-port`` (`orderly up` shifts it by
+    the offset), and its name as the ``instance`` of its metrics."""
+    port = HEALTH_PORTS[name]
+    return ProcessSpec(
+        name=name,
+        args=(*args, "--health-port", str(port)),
+        env={"ORDERLY_PROBE__INSTANCE": name},
+        health_port=port,
+    )

@@ -8,6 +8,7 @@ The defaults point at the local stack, so ``orderly stack up`` and the services 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar
 from urllib.parse import quote as _quote
@@ -131,10 +132,33 @@ class KafkaSettings(BaseModel):
         return f"{self.host}:{self.port}"
 
 
+class PrometheusSettings(BaseModel):
+    host: str = Field(default=LOOPBACK, description="Prometheus host")
+    port: int = Field(default=29090, ge=1, le=65535, description="Prometheus HTTP port (UI and API)")
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class HttpSettings(BaseModel):
     host: str = Field(default=LOOPBACK, description="address an API binds")
     port: int = Field(default=8000, ge=1, le=65535, description="port an API binds (each service has its own default)")
     workers: int = Field(default=1, ge=1, le=64, description="HTTP worker processes")
+
+
+def default_instance() -> str:
+    """A process's name when none is given: host and PID (``orderly up`` names each process)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ProbeSettings(BaseModel):
+    """Where a background process (worker, relay, consumer, daemon) serves /healthz, /readyz and /metrics."""
+
+    host: str = Field(default=LOOPBACK, description="address the probe server of a background process binds")
+    port: int = Field(default=0, ge=0, le=65535, description="its port (`--health-port`); 0 serves no probes")
+    instance: str = Field(
+        default_factory=default_instance, description="the process's name in `orderly_active{instance}`"
+    )
 
 
 class LogSettings(BaseModel):
@@ -196,3 +220,4 @@ class InfraSettings(OrderlySettings):
     nats: NatsSettings = NatsSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     kafka: KafkaSettings = KafkaSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()

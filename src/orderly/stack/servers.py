@@ -1,4 +1,4 @@
-"""The seven servers of the local stack, each bound to 127.0.0.1 on the ports from the settings."""
+"""The eight servers of the local stack, each bound to 127.0.0.1 on the ports from the settings."""
 
 from __future__ import annotations
 
@@ -460,4 +460,53 @@ class Kafka(Server):
         return bool(metadata.brokers)
 
 
-ALL_SERVERS: tuple[type[Server], ...] = (Postgres, MariaDB, Redis, Nats, ClickHouse, RabbitMQ, Kafka)
+class Prometheus(Server):
+    """Prometheus, scraping every process of `orderly up` and evaluating orderly's alert rules."""
+
+    name = "prometheus"
+    package = "prometheus"
+    binaries = ("prometheus",)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"http": self.settings.prometheus.port}
+
+    @property
+    def log_path(self) -> Path:
+        return self.console_path  # prometheus logs to stderr
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "prometheus.yml"
+
+    def prepare(self) -> None:
+        """Write the rules and a scrape configuration for the processes `orderly up` runs now (offset included)."""
+        import json
+
+        from orderly.runner import service_processes
+        from orderly.stack.scrape import RULES_FILE, rules_text, scrape_config
+
+        self.mkdir(self.dir / "data")
+        rules = self.dir / RULES_FILE
+        rules.write_text(rules_text())
+        # JSON is YAML: no YAML writer needed for a generated file.
+        config = scrape_config(service_processes(), rules=str(rules))
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        for path in (rules, self.config_path):
+            self.chown(path)
+
+    def command(self) -> list[str]:
+        return [
+            "prometheus", f"--config.file={self.config_path}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.main_port}", "--storage.tsdb.retention.time=7d",
+            "--web.enable-lifecycle",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.main_port}/-/ready")
+
+    def version(self) -> str:
+        return debian_version(self.package)
+
+
+ALL_SERVERS: tuple[type[Server], ...] = (Postgres, MariaDB, Redis, Nats, ClickHouse, RabbitMQ, Kafka, Prometheus)

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orderly.platform.metrics import BatchTimer
 from orderly.sums.cache import CacheUnavailableError, IdempotencyCache
 from orderly.sums.domain import (
     Applied,
@@ -32,6 +33,7 @@ from orderly.sums.repository import SumStore
 from orderly.sums.settings import SumsOptions
 
 log = logging.getLogger(__name__)
+BATCHES = BatchTimer("sums-committer")
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,13 @@ class CommitBatcher:
                     pending.future.set_result(outcome)
 
     async def _commit(self, requests: list[SumRequest]) -> tuple[Outcome, ...]:
-        async with self._store.transaction() as tx:
-            total = await tx.lock_total()
-            stored = await tx.stored_keys(r.key for r in requests if r.key is not None)
-            plan = plan_batch(total, requests, stored)
-            await tx.insert_keys(plan.new_keys, ttl_s=self._options.key_ttl_s)
-            await tx.add(plan.delta)
+        with BATCHES.batch(len(requests)):
+            async with self._store.transaction() as tx:
+                total = await tx.lock_total()
+                stored = await tx.stored_keys(r.key for r in requests if r.key is not None)
+                plan = plan_batch(total, requests, stored)
+                await tx.insert_keys(plan.new_keys, ttl_s=self._options.key_ttl_s)
+                await tx.add(plan.delta)
         if self._on_committed is not None:
             self._on_committed(tuple(key for key, _ in plan.new_keys))
         with contextlib.suppress(CacheUnavailableError):

@@ -77,9 +77,9 @@ async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_hold
     env = migrate(settings)
     _, port = start_api(processes, env)
     metrics_active, metrics_standby = free_port(), free_port()
-    active = processes.start("ingest", "worker", "--metrics-port", str(metrics_active), env=env)
+    active = processes.start("ingest", "worker", "--health-port", str(metrics_active), env=env)
     await wait_for_line(active, "consuming", within=30)
-    standby = processes.start("ingest", "worker", "--metrics-port", str(metrics_standby), env=env)
+    standby = processes.start("ingest", "worker", "--health-port", str(metrics_standby), env=env)
     await wait_for_line(standby, "consuming", within=30)
     daemon = processes.start("ingest", "daemon", env=env)
 
