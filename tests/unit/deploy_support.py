@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 from orderly.platform.processes import HEALTH_PORTS, ProcessSpec
 from orderly.runner import all_processes
@@ -34,7 +36,10 @@ def flag(args: list[str] | tuple[str, ...], name: str) -> str | None:
 
 
 def long_running() -> list[ProcessSpec]:
-    return [spec for spec in all_processes() if not spec.init]
+    """The processes of `orderly up` on the contract's ports (an ORDERLY_UP__PORT_OFFSET in the environment shifts a
+    private copy of the system, not the ports that compose.yaml and the manifests use)."""
+    with mock.patch.dict(os.environ, {"ORDERLY_UP__PORT_OFFSET": "0"}):
+        return [spec for spec in all_processes() if not spec.init]
 
 
 def local_counts() -> Counter[Kind]:

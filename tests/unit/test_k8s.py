@@ -21,8 +21,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
 
-from orderly.platform.settings import HttpSettings, InfraSettings, LogSettings
+from orderly.platform import settings as settings_module
 from orderly.runner import DRAIN_SECONDS
 from tests.unit.deploy_support import ROOT, Kind, flag, is_api, local_counts, probe_ports, process_kind
 
@@ -233,18 +235,38 @@ def test_the_init_job_runs_orderly_init_with_the_same_settings(overlay: str) -> 
         assert container(deployment)["image"] == main["image"]
 
 
+def settings_sections() -> dict[str, type[BaseModel]]:
+    """``postgres`` → PostgresSettings, ``probe`` → ProbeSettings, …: what ORDERLY_<SECTION>__<FIELD> sets."""
+    return {
+        name.removesuffix("Settings").lower(): model
+        for name, model in vars(settings_module).items()
+        if name.endswith("Settings")
+        and isinstance(model, type)
+        and issubclass(model, BaseModel)
+        and not issubclass(model, BaseSettings)
+    }
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_setting_in_the_config_map_is_a_real_setting(overlay: str) -> None:
     [config] = of_kind(overlay, "ConfigMap")
-    sections = {**InfraSettings.model_fields, "http": HttpSettings, "log": LogSettings}
+    sections = settings_sections()
     for key in config["data"]:
         match = re.fullmatch(r"ORDERLY_([A-Z]+)__([A-Z_]+)", key)
         assert match, key
-        section = sections.get(match[1].lower())
-        model = getattr(section, "annotation", section)
-        assert model is not None, f"{key}: no section {match[1].lower()}"
-        assert match[2].lower() in model.model_fields, f"{key}: no setting {match[2].lower()}"
-        assert not re.search("PASSWORD", key), f"{key} belongs in the Secret"
+        model = sections.get(match[1].lower())
+        assert model is not None, f"{key}: no settings section {match[1].lower()}"
+        assert match[2].lower() in model.model_fields, f"{key}: {model.__name__} has no {match[2].lower()}"
+        assert "PASSWORD" not in key, f"{key} belongs in the Secret"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_process_listens_where_probes_and_prometheus_reach_it(overlay: str) -> None:
+    [config] = of_kind(overlay, "ConfigMap")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["init"]["environment"]
+    for where in (config["data"], compose):
+        assert where["ORDERLY_HTTP__HOST"] == "0.0.0.0", "APIs"
+        assert where["ORDERLY_PROBE__HOST"] == "0.0.0.0", "the probe servers of background processes"
 
 
 def test_the_dev_secret_holds_only_development_only_passwords() -> None:
