@@ -23,7 +23,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
+from typer.testing import CliRunner
 
+from orderly.cli import app
 from orderly.platform import settings as settings_module
 from orderly.runner import DRAIN_SECONDS
 from tests.unit.deploy_support import ROOT, Kind, flag, is_api, local_counts, probe_ports, process_kind
@@ -288,3 +290,25 @@ def test_pods_run_as_the_images_numeric_non_root_user(overlay: str) -> None:
         context = workload["spec"]["template"]["spec"]["securityContext"]
         assert context["runAsNonRoot"] is True
         assert context["runAsUser"] == int(found[1]), workload["metadata"]["name"]
+
+
+def deployed_command_lines() -> dict[str, list[str]]:
+    """Every `orderly …` command line that compose.yaml or a manifest runs, by where it comes from."""
+    lines: dict[str, list[str]] = {}
+    for name, service in yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].items():
+        if service.get("image") == "orderly:local":
+            lines[f"compose {name}"] = service["command"]
+    for overlay in OVERLAYS:
+        for workload in [*of_kind(overlay, "Deployment"), *of_kind(overlay, "Job")]:
+            lines[f"{overlay} {workload['kind']} {workload['metadata']['name']}"] = container(workload)["args"]
+    return lines
+
+
+def test_every_deployed_command_line_is_one_the_cli_accepts() -> None:
+    runner = CliRunner()
+    lines = deployed_command_lines()
+    assert len(lines) > 20
+    for where, args in lines.items():
+        # --help is eager: it answers 0 only once every sub-command and option before it was recognised.
+        done = runner.invoke(app, [*args, "--help"])
+        assert done.exit_code == 0, f"{where}: orderly {' '.join(args)}\n{done.output}"
