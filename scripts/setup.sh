@@ -30,6 +30,15 @@ if [ ! -f "$stamp" ] || [ "$(sha256sum "$POM" | cut -d' ' -f1)" != "$(cat "$stam
   sha256sum "$POM" | cut -d' ' -f1 > "$stamp"
 fi
 
+# kustomize renders the Kubernetes manifests (deploy/k8s) for their offline validation in `make test`.
+KUSTOMIZE_VERSION=v5.7.1
+KUSTOMIZE=.stack/bin/kustomize
+if [ ! -x "$KUSTOMIZE" ] || [ "$("$KUSTOMIZE" version 2>/dev/null)" != "$KUSTOMIZE_VERSION" ]; then
+  command -v go >/dev/null 2>&1 || { say "error: Go is needed to build kustomize (go install)"; exit 1; }
+  say "building kustomize $KUSTOMIZE_VERSION with go install"
+  GOBIN="$PWD/.stack/bin" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+
 if ! command -v uv >/dev/null 2>&1; then
   say "installing uv with pip"
   python3 -m pip install --quiet uv 2>/dev/null || python3 -m pip install --quiet --user --break-system-packages uv
