@@ -14,6 +14,9 @@ import uvloop
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_SECONDS = 10.0
+# A permanent fault (database missing, credentials refused): restarting will not help until the operator acts.
+# sysexits' EX_CONFIG, so a supervisor can tell it from a crash.
+EXIT_PERMANENT = 78
 
 
 class Shutdown:
@@ -69,7 +72,11 @@ async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline
 
 
 def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
-    """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop."""
+    """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop.
+
+    A permanent fault (``PermanentError``) ends the process with one line naming the fix and ``EXIT_PERMANENT``.
+    """
+    from orderly.platform.errors import PermanentError
 
     async def runner() -> None:
         shutdown = Shutdown()
@@ -80,4 +87,8 @@ def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: f
 
         await drain(body(), shutdown, deadline=drain_seconds)
 
-    uvloop.run(runner())
+    try:
+        uvloop.run(runner())
+    except PermanentError as exc:
+        log.critical("%s", exc, extra={"dependency": exc.fault.dependency, "fix": exc.fault.fix})
+        raise SystemExit(EXIT_PERMANENT) from None
