@@ -128,7 +128,7 @@ def classify(exc: BaseException, *, dependency: str | None = None) -> Fault:
     name = DRIVERS.get(driver or "", dependency or "a dependency")
     reason = _one_line(exc)
     by_driver = _CLASSIFIERS.get(driver or "")
-    fault = by_driver(exc, name, reason) if by_driver is not None else None
+    fault: Fault | None = by_driver(exc, name, reason) if by_driver is not None else None
     if fault is not None:
         return fault
     if isinstance(exc, OSError | TimeoutError | EOFError | ConnectionError):
@@ -143,7 +143,7 @@ def is_transient(exc: BaseException, *, dependency: str | None = None) -> bool:
     return isinstance(classify(exc, dependency=dependency), Transient)
 
 
-def _postgres(exc: BaseException, name: str, reason: str) -> Fault | None:
+def _postgres(exc: BaseException, name: str, reason: str) -> Fault | None:  # noqa: PLR0911 - a table of cases
     import asyncpg
 
     e = asyncpg.exceptions
@@ -221,7 +221,7 @@ def _redis(exc: BaseException, name: str, reason: str) -> Fault | None:
     return None
 
 
-def _rabbitmq(exc: BaseException, name: str, reason: str) -> Fault | None:
+def _rabbitmq(exc: BaseException, name: str, reason: str) -> Fault | None:  # noqa: PLR0911 - a table of cases
     import aiormq.exceptions as a
 
     if isinstance(exc, a.ProbableAuthenticationError | a.AuthenticationError | a.ChannelAccessRefused):
@@ -239,7 +239,7 @@ def _rabbitmq(exc: BaseException, name: str, reason: str) -> Fault | None:
     return None
 
 
-def _nats(exc: BaseException, name: str, reason: str) -> Fault | None:
+def _nats(exc: BaseException, name: str, reason: str) -> Fault | None:  # noqa: PLR0911 - a table of cases
     import nats.errors as n
     import nats.js.errors as j
 
@@ -282,7 +282,7 @@ def _clickhouse(exc: BaseException, name: str, reason: str) -> Fault | None:
     return None
 
 
-def _kafka(exc: BaseException, name: str, reason: str) -> Fault | None:
+def _kafka(exc: BaseException, name: str, _reason: str) -> Fault | None:
     from confluent_kafka import KafkaError, KafkaException
 
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None

@@ -252,14 +252,16 @@ def test_an_error_wrapping_a_driver_error_is_classified_by_its_cause() -> None:
     class ChannelLostError(Exception):
         pass
 
-    try:
+    def lose_channel() -> None:
         try:
             raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")
         except aiormq.exceptions.ConnectionClosed as inner:
             raise ChannelLostError from inner
-    except ChannelLostError as outer:
-        assert isinstance(classify(outer), Transient)
-        assert classify(outer).dependency == "rabbitmq"
+
+    with pytest.raises(ChannelLostError) as caught:
+        lose_channel()
+    assert isinstance(classify(caught.value), Transient)
+    assert classify(caught.value).dependency == "rabbitmq"
 
 
 def test_a_bare_os_error_is_transient_under_the_dependency_the_caller_names() -> None:
