@@ -253,10 +253,7 @@ def test_an_error_wrapping_a_driver_error_is_classified_by_its_cause() -> None:
         pass
 
     def lose_channel() -> None:
-        try:
-            raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")
-        except aiormq.exceptions.ConnectionClosed as inner:
-            raise ChannelLostError from inner
+        raise ChannelLostError from aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")
 
     with pytest.raises(ChannelLostError) as caught:
         lose_channel()
