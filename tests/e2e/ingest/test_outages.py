@@ -108,7 +108,7 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     await asyncio.to_thread(scratch.down, "postgres")
     during = await send_requests(port, clients=10, per_client=30, first_marker=300)
     assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
-    wait_for_line(worker, "PostgreSQL unavailable", timeout=30)
+    wait_for_line(worker, "postgres unavailable", timeout=30)
 
     async def all_still_queued() -> bool:
         return await _queue_depth(settings) == 300
