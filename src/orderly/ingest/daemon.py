@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -16,6 +15,7 @@ import asyncpg
 from orderly.ingest import repository
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +88,24 @@ async def follow(
 
 
 async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None = None) -> None:
-    """Composition root of the daemon: a reading connection, a LISTEN connection, the sink; reconnects until stopped."""
+    """Composition root of the daemon: a reading connection, a LISTEN connection, the sink; reconnects until stopped.
+
+    While PostgreSQL is away it waits (one log line when it goes, one when it is back) and resumes from the persisted
+    cursor; a permanent fault (database missing) stops it with one line that names the fix.
+    """
     options = settings.ingest
     sink = EventSink(options, stream or sys.stdout)
-    backoff = 0.1
+    retry = Retry(shutdown, dependency="postgres", cap=2.0, logger=log)
     try:
         while not shutdown.requested:
             wake = asyncio.Event()
-            notified = _setter(wake)
             conn: asyncpg.Connection | None = None
             listener: asyncpg.Connection | None = None
             try:
                 conn = await repository.connect(settings.postgres)
                 listener = await asyncpg.connect(settings.postgres.dsn())
-                await listener.add_listener(repository.NOTIFY_CHANNEL, notified)
-                backoff = 0.1
+                await listener.add_listener(repository.NOTIFY_CHANNEL, _setter(wake))
+                retry.ok()
                 await follow(
                     reader=repository.EventReader(conn, name=options.daemon_name),
                     sink=sink,
@@ -111,15 +114,12 @@ async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextI
                     batch=options.daemon_batch,
                     poll_s=options.daemon_poll_ms / 1000,
                 )
-            except repository.TRANSIENT_ERRORS as exc:
-                log.warning("PostgreSQL unavailable, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
+            except Exception as exc:
+                if await retry.wait(exc, dependency="postgres"):
                     break
-                backoff = min(backoff * 2, 2.0)
             finally:
                 for connection in (listener, conn):
                     if connection is not None:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(connection.close(), 2)
+                        connection.terminate()
     finally:
         sink.close()

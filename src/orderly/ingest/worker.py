@@ -18,7 +18,9 @@ from orderly.ingest.broker import BROKER_ERRORS, declare_queues
 from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
+from orderly.platform.errors import DependencyUnavailableError
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.retry import Retry, StoppedError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,11 @@ DB_WAITS = Counter("ingest_database_unavailable_total", "Transient PostgreSQL er
 BURST_IDLE_S = 0.5
 
 
-class ChannelLostError(Exception):
+class ChannelLostError(DependencyUnavailableError):
     """The AMQP channel closed: unacked deliveries return to the queue; drop them and reconnect."""
+
+    def __init__(self) -> None:
+        super().__init__("rabbitmq", "the AMQP channel closed")
 
 
 class StoppingError(Exception):
@@ -60,12 +65,11 @@ class Writer:
 class Session:
     """One AMQP channel's life: consume, batch, store, ack. Ends when the channel is lost or work is done."""
 
-    def __init__(self, *, settings: IngestSettings, writer: Writer, shutdown: Shutdown) -> None:
+    def __init__(self, *, settings: IngestSettings, writer: Writer, shutdown: Shutdown, database: Retry) -> None:
         self.options = settings.ingest
-        self.writer, self.shutdown = writer, shutdown
+        self.writer, self.shutdown, self.database = writer, shutdown, database
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.lost = asyncio.Event()
-        self.backoff = 0.1
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -122,13 +126,11 @@ class Session:
     async def on_transient(self, exc: BaseException) -> bool:
         """Wait before retrying a transient database error; raises (nothing acked) on stop or a lost channel."""
         DB_WAITS.inc()
-        log.warning("PostgreSQL unavailable, waiting", extra={"error": f"{type(exc).__name__}: {exc}"})
         await self.writer.discard()
         if self.lost.is_set():
             raise ChannelLostError from exc
-        if await self.shutdown.sleep(self.backoff):
+        if await self.database.wait(exc, dependency="postgres"):
             raise StoppingError from exc
-        self.backoff = min(self.backoff * 2, 2.0)
         return True
 
     async def store(self, batch: Sequence[tuple[AbstractIncomingMessage, AcceptedRequest]]) -> None:
@@ -139,10 +141,9 @@ class Session:
             batch=[request for _, request in batch],
             store=self.writer.store,
             on_transient=self.on_transient,
-            transient=repository.TRANSIENT_ERRORS,
             max_attempts=self.options.max_attempts,
         )
-        self.backoff = 0.1
+        self.database.ok()
         STORED.inc(inserted)
         DUPLICATES.inc(len(batch) - inserted)
         BATCHES.inc()
@@ -213,29 +214,37 @@ class Session:
 
 
 async def run_worker(settings: IngestSettings, shutdown: Shutdown) -> None:
-    """Composition root of the worker: a PostgreSQL writer and AMQP sessions, reconnecting until stopped."""
+    """Composition root of the worker: a PostgreSQL writer and AMQP sessions, reconnecting until stopped.
+
+    PostgreSQL is reached first: a permanent fault (database missing) stops the worker at once with one line that
+    names the fix, and no delivery is taken before the writer can store it.
+    """
     if settings.ingest.metrics_port:
         start_http_server(settings.ingest.metrics_port, addr=settings.http.host)
     writer = Writer(settings)
-    backoff = 0.1
+    database = Retry(shutdown, dependency="postgres", cap=2.0, logger=log)
+    broker = Retry(shutdown, dependency="rabbitmq", cap=2.0, logger=log)
     try:
+        await database.call(writer.store, dependency="postgres")
         while not shutdown.requested:
-            session = Session(settings=settings, writer=writer, shutdown=shutdown)
+            session = Session(settings=settings, writer=writer, shutdown=shutdown, database=database)
             try:
                 connection = await aio_pika.connect(settings.rabbitmq.url())
-            except BROKER_ERRORS as exc:
-                log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
+            except Exception as exc:
+                if await broker.wait(exc, dependency="rabbitmq"):
                     break
-                backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = 0.1
+            broker.ok()
             try:
                 async with connection:
                     await session.run(connection)
-            except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
-                log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
             except StoppingError:
                 log.info("stopping with an uncommitted batch left unacked")
+            except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
+                # Unacked deliveries return to the queue; the next session takes them again, in order.
+                if await broker.wait(exc, dependency="rabbitmq"):
+                    break
+    except StoppedError:
+        pass
     finally:
         await writer.discard()

@@ -17,14 +17,19 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import NotifierSettings
+from orderly.platform.errors import DependencyUnavailableError, Permanent, Poison, Transient, classify_kafka_error
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import kafka_config
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
 
-class ParkingFailedError(Exception):
+class ParkingFailedError(DependencyUnavailableError):
     """The DLQ did not acknowledge a message; its offset must not be stored."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("kafka", reason)
 
 
 def consumer_config(settings: NotifierSettings) -> dict[str, Any]:
@@ -78,6 +83,9 @@ class Notifier:
         )
 
     async def run(self, shutdown: Shutdown) -> None:
+        # Kafka's clients reconnect on their own; this only keeps the log to one line when the broker goes and one
+        # when it is back, and paces the DLQ retries.
+        self.kafka = Retry(shutdown, dependency="kafka", first=self.options.backoff_seconds, logger=log)
         consumer = Consumer(consumer_config(self.settings))
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
@@ -89,13 +97,23 @@ class Notifier:
                 message = await asyncio.to_thread(consumer.poll, self.options.poll_seconds)
                 if message is None:
                     continue
-                if message.error() is not None:
-                    log.warning("consumer error", extra={"error": str(message.error())})
+                error = message.error()
+                if error is not None:
+                    self._consumer_error(error)
                     continue
+                self.kafka.ok()
                 if await self._handle(message, dlq, shutdown):
                     consumer.store_offsets(message=message)
         finally:
             await asyncio.to_thread(self._leave, consumer, dlq)
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        fault = classify_kafka_error(error)
+        if isinstance(fault, Poison):
+            log.warning("consumer error", extra={"error": fault.reason})
+            return
+        # Transient, or a topic not there yet (init may still be creating it): wait, logging it once.
+        self.kafka.failed(Transient(fault.dependency, fault.message if isinstance(fault, Permanent) else fault.reason))
 
     def _leave(self, consumer: Consumer, dlq: Producer) -> None:
         dlq.flush(5)
@@ -123,10 +141,10 @@ class Notifier:
             try:
                 await self._park(message, dlq, error=f"failed {self.options.max_attempts} times")
             except ParkingFailedError as exc:
-                log.error("could not park the event in the DLQ", extra={**where, "error": str(exc)})  # noqa: TRY400
-                if await shutdown.sleep(self.options.backoff_max_seconds):
+                if await self.kafka.wait(exc):
                     return False
             else:
+                self.kafka.ok()
                 return True
 
     def _process(self, message: Message) -> None:
