@@ -77,7 +77,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 RETRY_AFTER_S = 1
-READINESS_TIMEOUT_S = 2.0  # a dependency that does not answer a probe within this is not ready
+READINESS_TIMEOUT_S = 5.0  # a dependency that does not answer a probe within this is not ready
 # An API's outage log: one line when a dependency starts failing requests, the next only after it answered again
 # for this long (a restart under load would otherwise log a line per request).
 OUTAGE_QUIET_S = 5.0
