@@ -5,6 +5,7 @@ Only composition roots and test fixtures call these; services receive the opened
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from clickhouse_driver import Client as ClickHouseClient
     from nats.aio.client import Client as NatsClient
 
+from orderly.platform.errors import Transient, classify
 from orderly.platform.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -27,12 +29,31 @@ from orderly.platform.settings import (
     RedisSettings,
 )
 
+log = logging.getLogger(__name__)
+
+
+def _lazy_after(exc: Exception, dependency: str) -> bool:
+    """Whether a pool that could not open its first connections should start empty instead (a transient fault: the
+    server is away or restarting). Requests then get 503 until it is back, rather than the process failing to start;
+    a permanent fault (database missing, credentials refused) still stops it."""
+    if not isinstance(classify(exc, dependency=dependency), Transient):
+        return False
+    log.warning("%s unavailable at start: %s; the pool connects on first use", dependency, " ".join(str(exc).split()))
+    return True
+
 
 @asynccontextmanager
 async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> AsyncIterator[asyncpg.Pool]:
     import asyncpg
 
-    pool = await asyncpg.create_pool(settings.dsn(), min_size=settings.pool_min, max_size=settings.pool_max, **kwargs)
+    try:
+        pool = await asyncpg.create_pool(
+            settings.dsn(), min_size=settings.pool_min, max_size=settings.pool_max, **kwargs
+        )
+    except Exception as exc:
+        if not _lazy_after(exc, "postgres"):
+            raise
+        pool = await asyncpg.create_pool(settings.dsn(), min_size=0, max_size=settings.pool_max, **kwargs)
     try:
         yield pool
     finally:
@@ -43,17 +64,25 @@ async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> AsyncItera
 async def mysql_pool(settings: MySQLSettings, **kwargs: Any) -> AsyncIterator[Any]:
     import asyncmy
 
-    pool = await asyncmy.create_pool(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        password=settings.password.get_secret_value(),
-        db=settings.database,
-        minsize=settings.pool_min,
-        maxsize=settings.pool_max,
-        autocommit=False,
-        **kwargs,
-    )
+    def create(minsize: int) -> Any:
+        return asyncmy.create_pool(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password.get_secret_value(),
+            db=settings.database,
+            minsize=minsize,
+            maxsize=settings.pool_max,
+            autocommit=False,
+            **kwargs,
+        )
+
+    try:
+        pool = await create(settings.pool_min)
+    except Exception as exc:
+        if not _lazy_after(exc, "mysql"):
+            raise
+        pool = await create(0)
     try:
         yield pool
     finally:
