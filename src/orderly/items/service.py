@@ -25,9 +25,11 @@ from orderly.items.domain import (
     clean_name,
 )
 from orderly.platform.errors import OutcomeUnknownError
+from orderly.platform.retry import OutageLog
 from orderly.platform.transactions import write_transaction
 
 log = logging.getLogger(__name__)
+_outages = OutageLog(logger=log)  # a Redis outage is one log line, not one per list request
 
 # Test seam: called between the PostgreSQL read and the cache write of a list miss.
 AfterLoad = Callable[[], Awaitable[None]]
@@ -136,8 +138,8 @@ async def list_items(
     generation: int | None
     try:
         generation, cached = await cache.lookup(limit=limit, offset=offset)
-    except RedisError:
-        log.warning("cache unavailable, reading PostgreSQL", exc_info=True)
+    except RedisError as exc:
+        _outages.note("redis", exc, "reading PostgreSQL uncached")
         generation, cached = None, None
     if cached is not None:
         return cached, True
@@ -152,8 +154,8 @@ async def list_items(
         if generation is not None:
             try:
                 await cache.store(generation=generation, limit=limit, offset=offset, body=body)
-            except RedisError:
-                log.warning("cache unavailable, page not stored", exc_info=True)
+            except RedisError as exc:
+                _outages.note("redis", exc, "page not stored")
         return body
 
     if flights is None or generation is None:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderly.platform.errors import OutcomeUnknownError, Transient, classify
+from orderly.platform.retry import OutageLog
 from orderly.platform.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -78,23 +79,8 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 RETRY_AFTER_S = 1
 READINESS_TIMEOUT_S = 5.0  # a dependency that does not answer a probe within this is not ready
-# An API's outage log: one line when a dependency starts failing requests, the next only after it answered again
-# for this long (a restart under load would otherwise log a line per request).
-OUTAGE_QUIET_S = 5.0
-_failing_since: dict[str, float] = {}
-
-
-def _note_outage(dependency: str, path: str, exc: BaseException) -> None:
-    now = time.monotonic()
-    last = _failing_since.get(dependency)
-    _failing_since[dependency] = now
-    if last is None or now - last > OUTAGE_QUIET_S:
-        log.warning(
-            "%s unavailable: %s; answering 503",
-            dependency,
-            " ".join(str(exc).split()) or type(exc).__name__,
-            extra={"path": path, "dependency": dependency, "error_type": type(exc).__name__},
-        )
+# One line when a dependency starts failing requests, not one per request (see OutageLog).
+_outages = OutageLog(logger=log)
 
 
 def unavailable_response(dependency: str) -> JSONResponse:
@@ -123,11 +109,11 @@ def internal_error(path: str, exc: BaseException) -> JSONResponse:
     is logged with its traceback and answered with the uniform 500 (nothing of it reaches the client).
     """
     if isinstance(exc, OutcomeUnknownError):
-        _note_outage(exc.dependency, path, exc)
+        _outages.note(exc.dependency, exc, f"answering 503 outcome_unknown ({path})")
         return outcome_unknown_response(exc.dependency)
     fault = classify(exc)
     if isinstance(fault, Transient):
-        _note_outage(fault.dependency, path, exc)
+        _outages.note(fault.dependency, exc, "answering 503")
         return unavailable_response(fault.dependency)
     log.error("unhandled error", exc_info=exc, extra={"path": path, "error_type": type(exc).__name__})
     return error_response(500, "internal_error", "internal error; see the server log")

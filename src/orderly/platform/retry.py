@@ -104,3 +104,32 @@ class Retry:
                 continue
             self.ok()
             return result
+
+
+class OutageLog:
+    """For code that answers rather than waits (an API, a cache fallback): one WARNING line when a dependency starts
+    failing, the next only after it went ``quiet_s`` without a failure, so an outage under load is not a line per
+    request."""
+
+    def __init__(
+        self, *, quiet_s: float = 5.0, logger: logging.Logger | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.quiet_s = quiet_s
+        self._log = logger or log
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def note(self, dependency: str, exc: BaseException, what: str) -> None:
+        """``dependency`` failed with ``exc``; ``what`` says what is done instead (e.g. "answering 503")."""
+        now = self._clock()
+        last = self._last.get(dependency)
+        self._last[dependency] = now
+        if last is None or now - last > self.quiet_s:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            self._log.warning(
+                "%s unavailable: %s; %s",
+                dependency,
+                reason,
+                what,
+                extra={"dependency": dependency, "error_type": type(exc).__name__},
+            )

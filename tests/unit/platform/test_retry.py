@@ -11,7 +11,7 @@ import pytest
 
 from orderly.platform.errors import PermanentError
 from orderly.platform.lifecycle import Shutdown
-from orderly.platform.retry import Retry, StoppedError
+from orderly.platform.retry import OutageLog, Retry, StoppedError
 
 DOWN = asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
 
@@ -83,3 +83,21 @@ async def test_poison_is_raised_to_the_caller_as_it_was() -> None:
     with pytest.raises(asyncpg.exceptions.CheckViolationError) as caught:
         await asyncio.wait_for(retry.call(attempt), 5)
     assert caught.value is bad
+
+
+def test_an_outage_seen_by_many_requests_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    outages = OutageLog(quiet_s=60)
+    for _ in range(100):
+        outages.note("redis", ConnectionRefusedError(111, "Connect call failed"), "reading PostgreSQL uncached")
+    assert lines(caplog) == ["redis unavailable: [Errno 111] Connect call failed; reading PostgreSQL uncached"]
+
+
+def test_a_new_outage_after_a_quiet_spell_is_logged_again(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    outages = OutageLog(quiet_s=5, clock=lambda: now[0])
+    outages.note("postgres", DOWN, "answering 503")
+    now[0] += 4  # still failing within the quiet spell: the same outage
+    outages.note("postgres", DOWN, "answering 503")
+    now[0] += 6  # a failure after 6 s without one: a new outage
+    outages.note("postgres", DOWN, "answering 503")
+    assert len(lines(caplog)) == 2
