@@ -86,7 +86,8 @@ class Notifier:
         # Kafka's clients reconnect on their own; this only keeps the log to one line when the broker goes and one
         # when it is back, and paces the DLQ retries.
         self.kafka = Retry(shutdown, dependency="kafka", first=self.options.backoff_seconds, logger=log)
-        consumer = Consumer(consumer_config(self.settings))
+        # error_cb: a lost broker is reported here (served by poll), not as a message.
+        consumer = Consumer({**consumer_config(self.settings), "error_cb": self._consumer_error})
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
         )

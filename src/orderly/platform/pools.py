@@ -6,6 +6,7 @@ Only composition roots and test fixtures call these; services receive the opened
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,38 @@ def clickhouse_client(settings: ClickHouseSettings, *, database: str | None = No
     )
 
 
+# librdkafka retries a lost broker every few dozen milliseconds and logs each failed connect. Its log goes through
+# this logger instead of straight to stderr, and a repeat of the same kind of line within KAFKA_LOG_QUIET_S is dropped:
+# an outage shows as one line per client, and the process's own Retry says when it is over.
+KAFKA_LOG_QUIET_S = 30.0
+
+
+class _OncePerOutage(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        # confluent-kafka logs ("%s [%s] %s", facility, client name, text): one kind of line = (facility, client).
+        args = record.args if isinstance(record.args, tuple) else ()
+        key = (str(args[0]) if args else record.msg, str(args[1]) if len(args) > 1 else "")
+        now = time.monotonic()
+        last = self._last.get(key)
+        self._last[key] = now
+        return last is None or now - last > KAFKA_LOG_QUIET_S
+
+
+librdkafka_log = logging.getLogger("librdkafka")
+librdkafka_log.addFilter(_OncePerOutage())
+
+
 def kafka_config(settings: KafkaSettings, **overrides: Any) -> Mapping[str, Any]:
     """The librdkafka configuration shared by producers, consumers and admin clients."""
-    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": "orderly", **overrides}
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": "orderly",
+        "logger": librdkafka_log,
+        **overrides,
+    }

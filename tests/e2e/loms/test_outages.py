@@ -97,3 +97,7 @@ async def test_postgres_and_kafka_restarts_under_load_give_no_5xx_but_503_and_ev
         assert process.proc.poll() is None, "\n".join(process.errors[-20:])
     assert any("postgres unavailable" in line for line in relay.errors)
     assert any("postgres reachable again" in line for line in relay.errors)
+    assert any("kafka unavailable" in line for line in notifier.errors)
+    assert any("kafka reachable again" in line for line in notifier.errors)
+    for process in (relay, notifier):  # librdkafka's reconnect attempts do not flood the log
+        assert sum("Connection refused" in line for line in process.errors) <= 5, "\n".join(process.errors[-20:])
