@@ -164,6 +164,10 @@ def _postgres(exc: BaseException, name: str, reason: str) -> Fault | None:  # no
         | e.LockNotAvailableError,
     ):
         return Transient(name, reason)
+    if isinstance(exc, e.InternalClientError):
+        # Raised by asyncpg's pool and protocol when a connection broke under them ("not connected", a connection
+        # holder in an unexpected state): seen during a PostgreSQL restart under load, and gone once it is back.
+        return Transient(name, reason)
     if isinstance(exc, e.InterfaceError):
         # "connection is closed", "pool is closing", a connection released while in use: all the pool's broken
         # connections. Anything else of this class is a bug in the caller.

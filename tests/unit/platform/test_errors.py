@@ -108,6 +108,7 @@ async def test_kafka_without_a_broker_is_transient() -> None:
         (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), Transient),
         (asyncpg.exceptions.SerializationError("could not serialize access"), Transient),
         (asyncpg.exceptions.InterfaceError("cannot call Connection.fetch(): connection is closed"), Transient),
+        (asyncpg.exceptions.InternalClientError("not connected"), Transient),
         (asyncpg.exceptions.InvalidCatalogNameError('database "orderly_ingest" does not exist'), Permanent),
         (asyncpg.exceptions.InvalidPasswordError('password authentication failed for user "x"'), Permanent),
         (asyncpg.exceptions.UndefinedTableError('relation "requests" does not exist'), Permanent),
