@@ -150,14 +150,15 @@ KAFKA_LOG_QUIET_S = 30.0
 class _OncePerOutage(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
-        self._last: dict[tuple[str, str], float] = {}
+        self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        # confluent-kafka logs ("%s [%s] %s", facility, client name, text): one kind of line = (facility, client).
+        # confluent-kafka logs ("%s [%s] %s", facility, client name, text). One kind of line is its facility, across
+        # clients: the loms relay starts a fresh producer after every failed batch.
         args = record.args if isinstance(record.args, tuple) else ()
-        key = (str(args[0]) if args else record.msg, str(args[1]) if len(args) > 1 else "")
+        key = str(args[0]) if args else str(record.msg)
         now = time.monotonic()
         last = self._last.get(key)
         self._last[key] = now

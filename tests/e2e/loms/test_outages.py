@@ -100,4 +100,5 @@ async def test_postgres_and_kafka_restarts_under_load_give_no_5xx_but_503_and_ev
     assert any("kafka unavailable" in line for line in notifier.errors)
     assert any("kafka reachable again" in line for line in notifier.errors)
     for process in (relay, notifier):  # librdkafka's reconnect attempts do not flood the log
-        assert sum("Connection refused" in line for line in process.errors) <= 5, "\n".join(process.errors[-20:])
+        refused = [line for line in process.errors if "Connection refused" in line]
+        assert len(refused) <= 5, "\n".join(refused[:10])
