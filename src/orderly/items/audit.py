@@ -68,7 +68,7 @@ async def insert_until_taken(changelog: ChangeLog, batch: list[Msg], retry: Retr
                 return False
             continue
         retry.ok()
-        log.debug("inserted change events", extra={"rows": rows})
+        log.info("inserted change events", extra={"rows": rows})  # bench/items.py reads the batch sizes from it
         return True
 
 
