@@ -30,10 +30,13 @@ class Loms:
         return infra_env(self.infra)
 
 
-async def prepare(namespace: Namespace, name: str, *, kafka: Any = None) -> Loms:
+async def prepare(namespace: Namespace, name: str, *, kafka: Any = None, postgres: Any = None) -> Loms:
+    """``kafka`` and ``postgres``: a scratch server's settings to use instead of the shared one's."""
     infra = await namespace.settings(name)
     if kafka is not None:
         infra = infra.model_copy(update={"kafka": kafka.model_copy(update={"topic_prefix": infra.kafka.topic_prefix})})
+    if postgres is not None:
+        infra = infra.model_copy(update={"postgres": postgres.model_copy(update={"database": infra.postgres.database})})
     settings = LomsSettings(postgres=infra.postgres, kafka=infra.kafka)
     await migrate(settings.postgres)
     await asyncio.to_thread(init_topics, settings)

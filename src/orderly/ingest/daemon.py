@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -20,6 +19,7 @@ from orderly.platform.lifecycle import Shutdown
 from orderly.platform.metrics import DAEMON_LAG
 from orderly.platform.pools import postgres_pool
 from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,24 @@ async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextI
 
 
 async def _print_events(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None) -> None:
-    """A reading connection, a LISTEN connection, the sink; reconnects until stopped."""
+    """A reading connection, a LISTEN connection, the sink; reconnects until stopped.
+
+    While PostgreSQL is away it waits (one log line when it goes, one when it is back) and resumes from the persisted
+    cursor; a permanent fault (database missing) stops it with one line that names the fix.
+    """
     options = settings.ingest
     sink = EventSink(options, stream or sys.stdout)
-    backoff = 0.1
+    retry = Retry(shutdown, dependency="postgres", cap=2.0, logger=log)
     try:
         while not shutdown.requested:
             wake = asyncio.Event()
-            notified = _setter(wake)
             conn: asyncpg.Connection | None = None
             listener: asyncpg.Connection | None = None
             try:
                 conn = await repository.connect(settings.postgres)
                 listener = await asyncpg.connect(settings.postgres.dsn())
-                await listener.add_listener(repository.NOTIFY_CHANNEL, notified)
-                backoff = 0.1
+                await listener.add_listener(repository.NOTIFY_CHANNEL, _setter(wake))
+                retry.ok()
                 await follow(
                     reader=repository.EventReader(conn, name=options.daemon_name),
                     sink=sink,
@@ -141,15 +144,12 @@ async def _print_events(settings: IngestSettings, shutdown: Shutdown, stream: Te
                     batch=options.daemon_batch,
                     poll_s=options.daemon_poll_ms / 1000,
                 )
-            except repository.TRANSIENT_ERRORS as exc:
-                log.warning("PostgreSQL unavailable, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
+            except Exception as exc:
+                if await retry.wait(exc, dependency="postgres"):
                     break
-                backoff = min(backoff * 2, 2.0)
             finally:
                 for connection in (listener, conn):
                     if connection is not None:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(connection.close(), 2)
+                        connection.terminate()
     finally:
         sink.close()

@@ -17,20 +17,6 @@ from orderly.platform.settings import PostgresSettings
 SERVICE = "ingest"
 NOTIFY_CHANNEL = "ingest_events"
 
-# Errors after which the same batch may succeed later: the connection broke or the server is restarting.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin_shutdown, crash_shutdown
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-
 
 async def migrate(settings: PostgresSettings) -> list[int]:
     """Create the database when missing and apply pending migrations (idempotent)."""

@@ -20,10 +20,12 @@ from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, Poison
 from orderly.ingest.monitor import QueueMonitor
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
+from orderly.platform.errors import DependencyUnavailableError
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.metrics import DEAD_LETTERS, QUEUE_DEPTH, BatchTimer
 from orderly.platform.pools import postgres_pool
 from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry, StoppedError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,11 @@ ROLE_REFRESH_S = 5.0  # RabbitMQ's management API refreshes its queue figures ev
 BATCHES_TIMED = BatchTimer("ingest-worker")
 
 
-class ChannelLostError(Exception):
+class ChannelLostError(DependencyUnavailableError):
     """The AMQP channel closed: unacked deliveries return to the queue; drop them and reconnect."""
+
+    def __init__(self) -> None:
+        super().__init__("rabbitmq", "the AMQP channel closed")
 
 
 class StoppingError(Exception):
@@ -68,15 +73,14 @@ class Writer:
 class Session:
     """One AMQP channel's life: consume, batch, store, ack. Ends when the channel is lost or work is done."""
 
-    def __init__(self, *, settings: IngestSettings, writer: Writer, shutdown: Shutdown) -> None:
+    def __init__(self, *, settings: IngestSettings, writer: Writer, shutdown: Shutdown, database: Retry) -> None:
         self.options = settings.ingest
-        self.writer, self.shutdown = writer, shutdown
+        self.writer, self.shutdown, self.database = writer, shutdown, database
         # Prefetch two batches so the next one is already here while this one commits; the broker never has more
         # unacked deliveries out to this channel than the prefetch, so an inbox of that size never fills up.
         self.prefetch = min(2 * self.options.batch_size, 65535)
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue(maxsize=self.prefetch)
         self.lost = asyncio.Event()
-        self.backoff = 0.1
         self.dead_letters: DeadLetters | None = None  # set in run(), on a channel with publisher confirms
         self.consumer_tag: str | None = None  # set once consuming; the probes compare it with the active one
 
@@ -135,13 +139,11 @@ class Session:
     async def on_transient(self, exc: BaseException) -> bool:
         """Wait before retrying a transient database error; raises (nothing acked) on stop or a lost channel."""
         DB_WAITS.inc()
-        log.warning("PostgreSQL unavailable, waiting", extra={"error": f"{type(exc).__name__}: {exc}"})
         await self.writer.discard()
         if self.lost.is_set():
             raise ChannelLostError from exc
-        if await self.shutdown.sleep(self.backoff):
+        if await self.database.wait(exc, dependency="postgres"):
             raise StoppingError from exc
-        self.backoff = min(self.backoff * 2, 2.0)
         return True
 
     async def store(self, batch: Sequence[tuple[AbstractIncomingMessage, AcceptedRequest]]) -> None:
@@ -153,10 +155,9 @@ class Session:
                 batch=[request for _, request in batch],
                 store=self.writer.store,
                 on_transient=self.on_transient,
-                transient=repository.TRANSIENT_ERRORS,
                 max_attempts=self.options.max_attempts,
             )
-        self.backoff = 0.1
+        self.database.ok()
         STORED.inc(stored.inserted)
         DUPLICATES.inc(len(batch) - stored.inserted)
         BATCHES.inc()
@@ -317,26 +318,32 @@ class Worker:
     async def run(self) -> None:
         settings, shutdown = self.settings, self.shutdown
         writer = Writer(settings)
-        backoff = 0.1
+        database = Retry(shutdown, dependency="postgres", cap=2.0, logger=log)
+        broker = Retry(shutdown, dependency="rabbitmq", cap=2.0, logger=log)
         try:
+            # PostgreSQL first: a permanent fault (database missing) stops the worker at once with one line naming the
+            # fix, and no delivery is taken before the writer can store it.
+            await database.call(writer.store, dependency="postgres")
             while not shutdown.requested:
-                session = self.session = Session(settings=settings, writer=writer, shutdown=shutdown)
+                session = self.session = Session(settings=settings, writer=writer, shutdown=shutdown, database=database)
                 try:
                     connection = await aio_pika.connect(settings.rabbitmq.url())
-                except BROKER_ERRORS as exc:
-                    log.warning("RabbitMQ unavailable, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
-                    if await shutdown.sleep(backoff):
+                except Exception as exc:
+                    if await broker.wait(exc, dependency="rabbitmq"):
                         break
-                    backoff = min(backoff * 2, 2.0)
                     continue
-                backoff = 0.1
+                broker.ok()
                 try:
                     async with connection:
                         await session.run(connection)
-                except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
-                    log.warning("AMQP channel lost; unacked deliveries return to the queue", extra={"error": repr(exc)})
                 except StoppingError:
                     log.info("stopping with an uncommitted batch left unacked")
+                except (ChannelLostError, *BROKER_ERRORS) as exc:  # type: ignore[misc]
+                    # Unacked deliveries return to the queue; the next session takes them again, in order.
+                    if await broker.wait(exc, dependency="rabbitmq"):
+                        break
+        except StoppedError:
+            pass
         finally:
             await writer.discard()
 

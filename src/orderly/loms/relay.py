@@ -21,10 +21,12 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from orderly.loms import repository
 from orderly.loms.settings import LomsOptions, LomsSettings
+from orderly.platform.errors import DependencyUnavailableError
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
 from orderly.platform.pools import kafka_config, postgres_pool
 from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ STATS_INTERVAL_MS = 50
 BATCHES = BatchTimer("loms-relay")
 
 
-class DeliveryFailedError(Exception):
+class DeliveryFailedError(DependencyUnavailableError):
     """The broker did not acknowledge every message of a batch; the batch is sent again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("kafka", reason)
 
 
 @dataclass
@@ -193,15 +198,18 @@ async def publish(
             if time.monotonic() - stop_seen > STOP_FLUSH_SECONDS:
                 raise DeliveryFailedError(f"stopping with {len(producer)} messages unacknowledged")
     if errors:
-        raise DeliveryFailedError(f"{len(errors)} of {len(rows)} messages failed, first: {errors[0]}")
+        # Every delivery failure counts as transient: right after a broker restart librdkafka can report even an
+        # existing topic as unknown for a moment, and the batch must then simply go again.
+        raise DeliveryFailedError(f"{len(errors)} of {len(rows)} messages failed, first: {errors[0].str()}")
 
 
-async def pump(
+async def pump(  # noqa: PLR0915 - claim, send, ack and delete stay in one loop, in order
     conn: asyncpg.Connection,
     *,
     settings: LomsSettings,
     shutdown: Shutdown,
     stats: RelayStats,
+    retry: Retry,
     burst: bool = False,
 ) -> None:
     """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty).
@@ -262,9 +270,10 @@ async def pump(
             except DeliveryFailedError as exc:
                 sender = _after_failure(sender.producer, rows, exc, settings=settings, stats=stats)
                 rows = []  # claim again from the lowest id: the same batch, in the same order
-                if await shutdown.sleep(options.retry_backoff_seconds):
+                if await retry.wait(exc, dependency="kafka"):
                     return
                 continue
+            retry.ok()
             stats.acknowledged(len(rows), time.perf_counter() - sent_at)
             late = late_rows_below(ahead, rows)
             acked, rows = rows, ([] if late else ahead)
@@ -304,7 +313,8 @@ def _after_failure(
     fatal error."""
     stats.failed_batches += 1
     stats.broker_ok = False
-    log.warning(
+    # One line per failed batch at DEBUG only: the outage itself is logged once, when it starts and when it ends.
+    log.debug(
         "batch not acknowledged; it will be sent again",
         extra={"first_id": rows[0][0], "rows": len(rows), "error": str(exc)},
     )
@@ -350,26 +360,34 @@ async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool =
 async def _relay_sessions(
     settings: LomsSettings, shutdown: Shutdown, *, stats: RelayStats, probes: Probes, burst: bool
 ) -> None:
-    """Wait to be the active relay, then pump; reconnect after a lost connection."""
+    """Wait to be the active relay, then pump; reconnect after a lost connection.
+
+    While PostgreSQL or Kafka is away the relay waits (one log line when a server goes, one when it is back) and
+    sends the same batch again from the lowest id once it can; a permanent fault (database or topic missing) stops
+    it with one line naming the fix.
+    """
+    cap = max(settings.loms.retry_backoff_seconds, 5.0)
+    retry = Retry(shutdown, first=min(0.1, settings.loms.retry_backoff_seconds), cap=cap, logger=log)
     while not shutdown.requested:
         try:
             conn = await asyncpg.connect(settings.postgres.dsn())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("cannot reach PostgreSQL; retrying", extra={"error": str(exc)})
-            await shutdown.sleep(settings.loms.retry_backoff_seconds)
+        except Exception as exc:
+            if await retry.wait(exc, dependency="postgres"):
+                break
             continue
         try:
             if not await _become_active(conn, settings=settings, shutdown=shutdown, probes=probes):
                 return
             probes.set_role("active")
+            retry.ok()
             log.info("relay active", extra={"topic": settings.events_topic()})
-            await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
+            await pump(conn, settings=settings, shutdown=shutdown, stats=stats, retry=retry, burst=burst)
             if burst:
                 log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
                 return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})
-            await shutdown.sleep(settings.loms.retry_backoff_seconds)
+        except Exception as exc:
+            if await retry.wait(exc, dependency="postgres"):
+                break
         finally:
             probes.set_role("starting")
             await _close(conn)

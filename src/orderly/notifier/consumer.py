@@ -20,10 +20,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import PARK_FLUSH_SECONDS, NotifierSettings
+from orderly.platform.errors import DependencyUnavailableError, Permanent, Poison, Transient, classify_kafka_error
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.metrics import CONSUMER_LAG, DEAD_LETTERS
 from orderly.platform.pools import kafka_config
 from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,11 @@ METADATA_TIMEOUT_S = 1.0
 STATS_INTERVAL_MS = 2000
 
 
-class ParkingFailedError(Exception):
+class ParkingFailedError(DependencyUnavailableError):
     """The DLQ did not acknowledge a message; its offset must not be stored."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("kafka", reason)
 
 
 def consumer_config(settings: NotifierSettings) -> dict[str, Any]:
@@ -80,6 +85,9 @@ class Notifier:
         # Held while the probes read through the consumer in a thread and while it closes: never both at once.
         self.consumer_lock = threading.Lock()
         self.broker_up = False  # from the latest statistics: some broker connection is up
+        # Kafka's clients reconnect on their own; this only keeps the log to one line when the broker goes and one
+        # when it is back, and paces the DLQ retries (its own waits use the run's shutdown, never this Retry's).
+        self.kafka = Retry(Shutdown(), dependency="kafka", first=self.options.backoff_seconds, logger=log)
 
     def _on_stats(self, stats_json: str) -> None:
         brokers = json.loads(stats_json).get("brokers", {}).values()
@@ -108,6 +116,7 @@ class Notifier:
             **consumer_config(self.settings),
             "statistics.interval.ms": STATS_INTERVAL_MS,
             "stats_cb": self._on_stats,
+            "error_cb": self._consumer_error,  # a lost broker is reported here (served by poll), not as a message
         }
         consumer = self.consumer = Consumer(config)
         dlq = Producer(
@@ -120,9 +129,11 @@ class Notifier:
                 message = await asyncio.to_thread(consumer.poll, self.options.poll_seconds)
                 if message is None:
                     continue
-                if message.error() is not None:
-                    log.warning("consumer error", extra={"error": str(message.error())})
+                error = message.error()
+                if error is not None:
+                    self._consumer_error(error)
                     continue
+                self.kafka.ok()
                 if await self._handle(message, dlq, shutdown):
                     consumer.store_offsets(message=message)
                 elif not shutdown.requested:
@@ -137,6 +148,14 @@ class Notifier:
             consumer.seek(TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0))
         except KafkaException as exc:  # the partition was revoked meanwhile: its next owner starts at the commit
             log.warning("could not rewind to an unfinished message", extra={"error": str(exc)})
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        fault = classify_kafka_error(error)
+        if isinstance(fault, Poison):
+            log.warning("consumer error", extra={"error": fault.reason})
+            return
+        # Transient, or a topic not there yet (init may still be creating it): wait, logging it once.
+        self.kafka.failed(Transient(fault.dependency, fault.message if isinstance(fault, Permanent) else fault.reason))
 
     def _leave(self, consumer: Consumer, dlq: Producer) -> None:
         dlq.flush(5)
@@ -165,7 +184,6 @@ class Notifier:
         # Parking is bounded too: past park_timeout_seconds the member goes back to polling and reads the message
         # again from its offset, instead of blocking the poll loop into an eviction (max.poll.interval.ms).
         give_up_at = time.monotonic() + self.options.park_timeout_seconds
-        failing = False
         while True:
             remaining = give_up_at - time.monotonic()
             try:
@@ -176,16 +194,15 @@ class Notifier:
                     flush_s=min(PARK_FLUSH_SECONDS, max(remaining, 0.1)),
                 )
             except ParkingFailedError as exc:
-                if not failing:
-                    failing = True
-                    log.error("could not park the event in the DLQ", extra={**where, "error": str(exc)})  # noqa: TRY400
                 remaining = give_up_at - time.monotonic()
                 if remaining <= 0:
                     log.error("parking timed out; the event will be read again", extra=where)  # noqa: TRY400
                     return False
-                if await shutdown.sleep(min(self.options.backoff_max_seconds, remaining)):
+                self.kafka.failed(Transient("kafka", str(exc)))  # one line when the DLQ's broker goes
+                if await shutdown.sleep(min(self.kafka.next_delay(), remaining)):
                     return False
             else:
+                self.kafka.ok()
                 return True
 
     def _process(self, message: Message) -> None:

@@ -6,6 +6,7 @@ service's contract says otherwise; validation errors name every bad field. No tr
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -24,7 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderly.platform.errors import OutcomeUnknownError, Transient, classify
 from orderly.platform.orphans import die_with_parent
+from orderly.platform.retry import OutageLog
 from orderly.platform.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,44 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
 
 
+RETRY_AFTER_S = 1
+READINESS_TIMEOUT_S = 5.0  # a dependency that does not answer a probe within this is not ready
+# One line when a dependency starts failing requests, not one per request (see OutageLog).
+_outages = OutageLog(logger=log)
+
+
+def unavailable_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After: ``dependency`` is down or restarting and nothing was done."""
+    body = error_body("dependency_unavailable", f"{dependency} is unavailable; retry later") | {
+        "dependency": dependency
+    }
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def outcome_unknown_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After for a write whose commit was cut off: it may or may not have been applied."""
+    message = (
+        f"the connection to {dependency} broke while the write was being committed: it may have been applied; "
+        "read before retrying"
+    )
+    body = error_body("outcome_unknown", message) | {"dependency": dependency}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def internal_error(path: str, exc: BaseException) -> JSONResponse:
-    """Log an unexpected error with its traceback and answer the uniform 500 (nothing of it reaches the client)."""
+    """The answer to an error that no handler of the service took (the FastAPI app and the fast paths alike).
+
+    An outage is not a bug: a transient fault of a dependency answers 503 naming it (``dependency_unavailable``, or
+    ``outcome_unknown`` when a commit was cut off), with Retry-After, so that a client knows to retry. Anything else
+    is logged with its traceback and answered with the uniform 500 (nothing of it reaches the client).
+    """
+    if isinstance(exc, OutcomeUnknownError):
+        _outages.note(exc.dependency, exc, f"answering 503 outcome_unknown ({path})")
+        return outcome_unknown_response(exc.dependency)
+    fault = classify(exc)
+    if isinstance(fault, Transient):
+        _outages.note(fault.dependency, exc, "answering 503")
+        return unavailable_response(fault.dependency)
     log.error("unhandled error", exc_info=exc, extra={"path": path, "error_type": type(exc).__name__})
     return error_response(500, "internal_error", "internal error; see the server log")
 
@@ -112,6 +151,36 @@ class RouteMetrics:
             counter = self._requests[route, status] = REQUESTS.labels(self.service, route, str(status))
         counter.inc()
         self._latency[route].observe(time.perf_counter() - started)
+
+
+class ErrorMiddleware:
+    """Answers an exception that no handler took with ``internal_error`` (503 for an outage, else 500).
+
+    It sits inside the metrics middleware, so the status counted is the one the client got, and the exception goes no
+    further: Starlette's outermost error middleware would re-raise it to the server, which logs every one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            await internal_error(scope["path"], exc)(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -163,11 +232,12 @@ def create_app(
         results: dict[str, bool] = {}
         for name, check in checks.items():
             try:
-                results[name] = await check(request)
+                results[name] = await asyncio.wait_for(check(request), READINESS_TIMEOUT_S)
             except Exception:
                 results[name] = False
         ready = all(results.values())
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        headers = None if ready else {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503, headers=headers)
 
     @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -180,6 +250,7 @@ def create_app(
     for exc_type, handler in (exception_handlers or {}).items():
         app.add_exception_handler(exc_type, handler)
     app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(ErrorMiddleware)
     app.add_middleware(MetricsMiddleware, service=service)
     return app
 

@@ -17,6 +17,9 @@ DEFAULT_DRAIN_SECONDS = 10.0
 # The exit code of a process whose drain ran out of time and cancelled in-flight work (as GNU timeout's 124): its
 # supervisor sees that the stop was not clean.
 EXIT_DRAIN_CUT_SHORT = 124
+# A permanent fault (database missing, credentials refused): restarting will not help until the operator acts.
+# sysexits' EX_CONFIG, so a supervisor can tell it from a crash.
+EXIT_PERMANENT = 78
 
 
 class Shutdown:
@@ -79,8 +82,11 @@ async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline
 def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
     """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop.
 
+    A permanent fault (``PermanentError``) ends the process with one line naming the fix and ``EXIT_PERMANENT``.
+
     A drain cut short by its deadline exits with ``EXIT_DRAIN_CUT_SHORT``.
     """
+    from orderly.platform.errors import PermanentError
 
     async def runner() -> bool:
         shutdown = Shutdown()
@@ -91,5 +97,10 @@ def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: f
 
         return await drain(body(), shutdown, deadline=drain_seconds)
 
-    if not uvloop.run(runner()):
+    try:
+        clean = uvloop.run(runner())
+    except PermanentError as exc:
+        log.critical("%s", exc, extra={"dependency": exc.fault.dependency, "fix": exc.fault.fix})
+        raise SystemExit(EXIT_PERMANENT) from None
+    if not clean:
         raise SystemExit(EXIT_DRAIN_CUT_SHORT)

@@ -18,12 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orderly.platform.http import RouteMetrics, error_response, internal_error, query_params
+from orderly.platform.http import RouteMetrics, error_body, error_response, internal_error, query_params
 from orderly.platform.http import create_app as platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import mysql_pool, redis_client
 from orderly.sums.cache import IdempotencyCache
 from orderly.sums.domain import (
+    CommitOutcomeUnknownError,
     InvalidInputError,
     KeyReusedError,
     OverloadedError,
@@ -95,7 +96,18 @@ async def _in_progress(_request: Request, exc: RequestInProgressError) -> JSONRe
 
 
 async def _unavailable(_request: Request, exc: StorageUnavailableError) -> JSONResponse:
-    return error_response(503, "storage_unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, CommitOutcomeUnknownError):
+        message = f"{exc}; send it again with the same idempotency key to learn the outcome"
+        return JSONResponse(
+            error_body("outcome_unknown", message) | {"dependency": "mysql"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse(
+        error_body("storage_unavailable", str(exc)) | {"dependency": "mysql"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:

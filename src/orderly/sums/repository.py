@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncmy.errors
 
-from orderly.sums.domain import StorageUnavailableError, StoredResponse
+from orderly.sums.domain import CommitOutcomeUnknownError, StorageUnavailableError, StoredResponse
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,16 @@ class SumStore:
     async def transaction(self) -> AsyncIterator[SumTransaction]:
         """A transaction committed when the block exits cleanly and rolled back otherwise.
 
-        Driver and network errors surface as ``StorageUnavailableError``. A broken connection is closed, not reused.
+        Driver and network errors surface as ``StorageUnavailableError`` (``CommitOutcomeUnknownError`` when they cut
+        the COMMIT off). A broken connection is closed, not reused.
         """
+        committing = False
         try:
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.cursor() as cur:
                         yield SumTransaction(cur)
+                    committing = True
                     await conn.commit()
                 except BaseException:
                     with contextlib.suppress(*_STORAGE_ERRORS):
@@ -91,7 +94,11 @@ class SumStore:
                     conn.close()
                     raise
         except _STORAGE_ERRORS as error:
-            log.warning("mysql transaction failed", extra={"error": repr(error)})
+            log.warning("mysql transaction failed", extra={"error": repr(error), "during_commit": committing})
+            if committing:
+                raise CommitOutcomeUnknownError(
+                    "the connection to mysql broke during the commit: the request may have been applied"
+                ) from error
             raise StorageUnavailableError("the sum store is unavailable") from error
 
     async def _fetch_one(self, sql: str, args: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:

@@ -14,6 +14,7 @@ from tests.e2e.ingest.conftest import (
     Sent,
     assert_stored_exactly,
     count_stored,
+    daemon_events,
     migrate,
     send_requests,
     start_api,
@@ -43,7 +44,7 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
     env = migrate(settings)
     _, port = start_api(processes, env)
-    processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_requests(port, clients=10, per_client=1_000_000, stop=stop))
@@ -77,6 +78,8 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     assert_stored_exactly(
         await stored_requests(settings), {s.token for s in sent if s.status == 202} | {last.json()["token"]}
     )
+    assert worker.proc.poll() is None, "the worker rode through the broker restart"
+    assert any("rabbitmq reachable again" in line for line in worker.errors)
 
 
 async def _queue_depth(settings: InfraSettings) -> int:
@@ -97,6 +100,7 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     env = migrate(settings)
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=30)
 
@@ -107,7 +111,7 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     await asyncio.to_thread(scratch.down, "postgres")
     during = await send_requests(port, clients=10, per_client=30, first_marker=300)
     assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
-    await wait_for_line(worker, "PostgreSQL unavailable", within=30)
+    await wait_for_line(worker, "postgres unavailable", within=30)
 
     async def all_still_queued() -> bool:
         return await _queue_depth(settings) == 300
@@ -117,6 +121,18 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     await wait_until(lambda: stored(600), within=90, what="the worker to resume after the restart")
     assert worker.proc.poll() is None
     assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
+
+    # The daemon rode through the same restart and printed every stored request's events, resuming from its cursor.
+    tokens = {s.token for s in before + during}
+
+    async def all_printed() -> bool:
+        return tokens <= {event["token"] for event in daemon_events(daemon.lines)}
+
+    await wait_until(all_printed, within=60, what="the daemon to print every request after the restart")
+    for process in (worker, daemon):
+        assert process.proc.poll() is None, "\n".join(process.errors[-20:])
+        assert any("postgres reachable again" in line for line in process.errors)
+        assert sum("postgres unavailable" in line for line in process.errors) == 1, "one line per outage"
 
 
 async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_token(

@@ -156,6 +156,11 @@ async def test_mysql_killed_answers_503_with_nothing_applied_and_the_retry_appli
     refused = await client.get(f"{cluster.url(1)}/sum", params={"number": 7, "ikey": key})
     assert refused.status_code == 503
     assert refused.headers["Retry-After"]
+    assert refused.json()["dependency"] == "mysql"
+    assert refused.json()["error"] == "storage_unavailable"
+    not_ready = await client.get(f"{cluster.url(1)}/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["mysql"] is False
     direct = aioredis.Redis.from_url(settings.redis.url())
     try:
         assert await direct.exists(f"{settings.redis.key_prefix}sums:ikey:{key}") == 0, "the mark was released"

@@ -7,11 +7,14 @@ from typing import Any
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.ingest.worker import Session, Writer
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.retry import Retry
 
 
 async def test_the_workers_inbox_is_bounded_by_the_prefetch_it_asks_the_broker_for() -> None:
     settings = IngestSettings(ingest=IngestOptions(batch_size=3))
-    session = Session(settings=settings, writer=Writer(settings), shutdown=Shutdown())
+    shutdown = Shutdown()
+    database = Retry(shutdown, dependency="postgres")
+    session = Session(settings=settings, writer=Writer(settings), shutdown=shutdown, database=database)
     assert session.prefetch == 6
     assert session.inbox.maxsize == session.prefetch
     message: Any = object()
