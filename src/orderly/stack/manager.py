@@ -93,6 +93,16 @@ class Stack:
             stopped = list(pool.map(lambda server: server.stop(), servers))
         return [server.name for server, did in zip(servers, stopped, strict=True) if did]
 
+    def restart(self, name: str) -> float:
+        """Stop one server and start it again, as an operator's restart would; returns the seconds until ready."""
+        self._run_as = ensure_service_user(self.root)
+        [server] = self.servers([name])
+        began = time.monotonic()
+        server.stop()
+        server.start()
+        server.await_ready()
+        return time.monotonic() - began
+
     def status(self) -> list[ServerStatus]:
         return [
             ServerStatus(

@@ -1,0 +1,67 @@
+"""Attach to the system `orderly up` runs, or start it for as long as a command needs it (`demo`, `drill`).
+
+The system counts as running when every API answers ``/readyz`` with 200. When it does not, ``orderly up`` is started
+as a child process (its output appended to ``.stack/run/up.log``) and stopped with Ctrl-C's signal afterwards, which
+drains every process and stops the servers it started.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from orderly.platform.processes import ProcessSpec
+from orderly.runner import all_processes, output_dir, wait_ready
+from orderly.stack.manager import Stack
+
+START_TIMEOUT = 180.0  # a cold start: seven servers, the init steps, fifteen processes
+STOP_TIMEOUT = 120.0
+
+
+class SystemNotReadyError(Exception):
+    """`orderly up` was started but its APIs did not answer /readyz in time."""
+
+
+@dataclass(frozen=True)
+class Attached:
+    """The running system a command talks to."""
+
+    stack: Stack
+    specs: list[ProcessSpec]  # every long-running process, as `orderly up` runs it
+    started: bool  # whether this command started `orderly up` (and so stops it again)
+
+    @property
+    def output(self) -> Path:
+        """Where `orderly up` keeps a copy of each process's output (``<process>.log``)."""
+        return output_dir(self.stack)
+
+
+def is_running(specs: Sequence[ProcessSpec]) -> bool:
+    return not wait_ready(specs, timeout=2)
+
+
+@contextmanager
+def attached(*, announce: Callable[[str], None] = print) -> Iterator[Attached]:
+    """The running system; started with `orderly up` when no API answers, and stopped again on exit."""
+    stack = Stack()
+    specs = [spec for spec in all_processes() if not spec.init]
+    if is_running(specs):
+        yield Attached(stack, specs, started=False)
+        return
+    announce(f"the system is not running: starting `orderly up` (its output goes to {output_dir(stack) / 'up.log'})")
+    output_dir(stack).mkdir(parents=True, exist_ok=True)
+    with (output_dir(stack) / "up.log").open("ab") as log:
+        runner = subprocess.Popen([sys.executable, "-m", "orderly", "up"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        late = wait_ready(specs, timeout=START_TIMEOUT)
+        if late:
+            raise SystemNotReadyError(f"not ready after {START_TIMEOUT:.0f} s: {', '.join(late)}")
+        yield Attached(stack, specs, started=True)
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.wait(STOP_TIMEOUT)
