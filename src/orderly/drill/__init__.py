@@ -18,7 +18,7 @@ from orderly.drill.run import PIPELINES, Options, exercise, summary
 
 __all__ = ["PIPELINES", "Options", "drill"]
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def drill(options: Options) -> int:
