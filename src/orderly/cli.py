@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -76,6 +77,10 @@ def drill_command(
         typer.Option(min=0, max=60, help="Seconds of load before the first fault, between faults, after the last."),
     ] = 3.0,
     duration: Annotated[float, typer.Option(min=1, max=3600, help="Seconds of load with --faults none.")] = 30.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder with each process's output as <process>.log (default: where `orderly up` keeps it)."),
+    ] = None,
 ) -> None:
     """Kill processes and restart servers under load, then check every promise: PASS or FAIL per pipeline."""
     from orderly.drill import PIPELINES, Options, drill
@@ -89,7 +94,7 @@ def drill_command(
     options = Options(
         pipelines=chosen, faults=faults == "local", clients=clients, rate=rate, settle=settle, duration=duration
     )
-    raise typer.Exit(drill(options))
+    raise typer.Exit(drill(options, output=output))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from rich.console import Console
 
@@ -21,12 +22,15 @@ __all__ = ["PIPELINES", "Options", "drill"]
 console = Console(highlight=False, soft_wrap=True)
 
 
-def drill(options: Options) -> int:
-    """Run the drill against the running system (started when needed); 0 when every pipeline passed."""
+def drill(options: Options, *, output: Path | None = None) -> int:
+    """Run the drill against the running system (started when needed); 0 when every pipeline passed.
+
+    ``output`` is the folder with each process's output as ``<process>.log``; by default where `orderly up` keeps it.
+    """
     began = time.monotonic()
     try:
         with attached(announce=console.print) as system:
-            target = Target(system.specs, system.output)
+            target = Target(system.specs, output or system.output)
             reports = asyncio.run(exercise(target, system.stack, options, say=console.print))
     except SystemNotReadyError as error:
         console.print(f"[red]the system did not get ready: {error} (see .stack/run/up.log)[/]")

@@ -298,7 +298,8 @@ class LocalFaults:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 now = self.supervisor.status().get(name)
-                if now is not None and now.pid not in (None, old.pid) and self._probe_answers(name, now):
+                fresh = now is not None and now.pid not in (None, old.pid) and now.state == "running"
+                if now is not None and fresh and self._probe_answers(name, now):
                     back = time.monotonic() - killed_at
                     return record(True, True, f"{name}: pid {old.pid} → {now.pid}, back in {back:.1f} s", back)
             time.sleep(0.1)
