@@ -75,7 +75,7 @@ def drill_command(
     settle: Annotated[
         float,
         typer.Option(min=0, max=60, help="Seconds of load before the first fault, between faults, after the last."),
-    ] = 3.0,
+    ] = 2.0,
     duration: Annotated[float, typer.Option(min=1, max=3600, help="Seconds of load with --faults none.")] = 30.0,
     output: Annotated[
         Path | None,

@@ -26,13 +26,15 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import psutil
+from confluent_kafka.admin import AdminClient
 
 from orderly.drill.pipeline import Pipeline, Target, kind_of
 from orderly.ingest.settings import IngestSettings
-from orderly.loms.kafka_admin import admin_client, group_status
+from orderly.loms.kafka_admin import group_status
 from orderly.loms.relay import RELAY_LOCK_KEY
 from orderly.loms.settings import LomsSettings
 from orderly.notifier.settings import NotifierSettings
+from orderly.platform.pools import kafka_config
 from orderly.platform.processes import SUPERVISOR_PORT, port_offset
 from orderly.stack.base import StackError
 from orderly.stack.manager import Stack
@@ -158,7 +160,9 @@ def active_ingest_workers(processes: dict[str, ProcessState]) -> set[str]:
 def active_notifiers(processes: dict[str, ProcessState]) -> set[str]:
     """The notifiers that hold partitions, once every notifier is a member of the group (none left over)."""
     settings = NotifierSettings()
-    status = group_status(admin_client(settings.kafka), settings.group_id(), {})
+    # Quiet: librdkafka's notices (log level 6) would land in the middle of the drill's report.
+    admin = AdminClient(dict(kafka_config(settings.kafka, **{"client.id": "orderly-drill", "log_level": 4})))
+    status = group_status(admin, settings.group_id(), {})
     running = {name for name in processes if kind_of(name) == "notifier"}
     members = [m.client_id for m in status.members]
     if sorted(members) != sorted(running):

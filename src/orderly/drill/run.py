@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class Options:
     faults: bool = True  # False: load and checks only (a deployment the drill cannot inject faults into)
     clients: int = 3  # concurrent clients per pipeline
     rate: float = 10.0  # requests a second per client, at most
-    settle: float = 3.0  # seconds of load before the first fault, between two faults and after the last
+    settle: float = 2.0  # seconds of load before the first fault, between two faults and after the last
     duration: float = 30.0  # seconds of load when there are no faults
     check_within: float = 90.0  # how long a check waits for the output to catch up
 
@@ -55,6 +56,7 @@ async def exercise(target: Target, stack: Stack, options: Options, *, say: Calla
         plan = injector.plan(pipelines) if injector and not unable else []
         say(f"drill {tag}: {', '.join(p.name for p in pipelines)}; {len(plan)} faults planned")
         stop = asyncio.Event()
+        began = time.monotonic()
         loads = [asyncio.create_task(p.load(http, stop, clients=options.clients, rate=options.rate)) for p in pipelines]
         records: list[FaultRecord] = []
         try:
@@ -70,11 +72,13 @@ async def exercise(target: Target, stack: Stack, options: Options, *, say: Calla
         finally:
             stop.set()
             await asyncio.gather(*loads)
-        say("load stopped; checking")
+        say(f"load stopped after {time.monotonic() - began:.0f} s; checking")
+        began = time.monotonic()
         reports = [Report(p, Verdict(p.name), [r for r in records if p.name in r.pipelines]) for p in pipelines]
         await asyncio.gather(*(_check(http, report, options) for report in reports))
     for report in reports:
         _judge(report, injector, unable)
+    say(f"checks took {time.monotonic() - began:.0f} s")
     return reports
 
 
@@ -103,9 +107,10 @@ def _judge(report: Report, injector: LocalFaults | None, unable: str | None) -> 
 
 
 def summary(report: Report) -> str:
-    """The counts line of one pipeline: requests by outcome, faults injected, each killed process's time back."""
-    faults = [r for r in report.faults if r.injected]
-    backs = [f"{r.title.removeprefix('kill -9 ')} {r.back_after:.1f} s" for r in faults if r.back_after is not None]
-    return f"{report.pipeline.tally.line()}; faults injected {len(faults)}" + (
-        f"; back after: {', '.join(backs)}" if backs else ""
+    """The counts of one pipeline: requests by outcome, faults injected, how long each killed process took to return."""
+    injected = [r for r in report.faults if r.injected]
+    kills = [r for r in injected if r.title.startswith("kill") and r.back_after is not None]
+    back = ", ".join(f"{r.title.removeprefix('kill -9 ')} {r.back_after:.1f} s" for r in kills)
+    return f"{report.pipeline.tally.line()}; faults injected {len(injected)}" + (
+        f"; killed, back after: {back}" if back else ""
     )
