@@ -26,6 +26,7 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import psutil
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from orderly.drill.pipeline import Pipeline, Target, kind_of
@@ -192,6 +193,9 @@ def active_loms_relays(processes: dict[str, ProcessState]) -> set[str]:
     return {name} if name else set()
 
 
+# What a role probe raises while the server it asks is restarting or the group is rebalancing.
+PROBE_ERRORS = (httpx.HTTPError, OSError, ValueError, KeyError, psutil.Error, KafkaException, asyncpg.PostgresError)
+
 # Kinds that run as one active process and standbys, and how to tell which is which.
 ROLE_PROBES: dict[str, Callable[[dict[str, ProcessState]], set[str]]] = {
     "ingest-worker": active_ingest_workers,
@@ -272,7 +276,7 @@ class LocalFaults:
         probe = ROLE_PROBES[fault.kind]
         deadline = time.monotonic() + ROLE_WITHIN_S
         while True:
-            with contextlib.suppress(Exception):  # a probe's server may be starting up; ask again
+            with contextlib.suppress(*PROBE_ERRORS):  # a probe's server may be starting up; ask again
                 active = probe(processes)
                 if active:
                     chosen = sorted(active if fault.role == "active" else set(members) - active)
@@ -280,7 +284,8 @@ class LocalFaults:
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.5)
-            processes = self.supervisor.status()
+            with contextlib.suppress(httpx.HTTPError):
+                processes = self.supervisor.status()
 
     def _kill(self, fault: Kill) -> FaultRecord:
         def record(injected: bool, recovered: bool, detail: str, back: float | None = None) -> FaultRecord:
