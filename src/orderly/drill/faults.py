@@ -194,7 +194,16 @@ def active_loms_relays(processes: dict[str, ProcessState]) -> set[str]:
 
 
 # What a role probe raises while the server it asks is restarting or the group is rebalancing.
-PROBE_ERRORS = (httpx.HTTPError, OSError, ValueError, KeyError, psutil.Error, KafkaException, asyncpg.PostgresError)
+PROBE_ERRORS = (
+    httpx.HTTPError,
+    OSError,
+    ValueError,
+    KeyError,
+    psutil.Error,
+    KafkaException,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 # Kinds that run as one active process and standbys, and how to tell which is which.
 ROLE_PROBES: dict[str, Callable[[dict[str, ProcessState]], set[str]]] = {
