@@ -64,7 +64,8 @@ async def exercise(target: Target, stack: Stack, options: Options, *, say: Calla
             for fault in plan:
                 assert injector is not None
                 record = await injector.inject(fault)
-                say(f"  {'ok  ' if record.recovered else 'FAIL'} {record.title}: {record.detail}")
+                mark = "ok  " if record.recovered else "FAIL"
+                say(f"  {time.monotonic() - began:5.0f} s  {mark} {record.title}: {record.detail}")
                 records.append(record)
                 await asyncio.sleep(options.settle)
             if injector is None:
