@@ -57,6 +57,10 @@ class Kill:
     def title(self) -> str:
         return f"kill -9 {self.kind}" + (f" ({self.role})" if self.role else "")
 
+    @property
+    def pipelines(self) -> tuple[str, ...]:
+        return (self.pipeline,)
+
 
 @dataclass(frozen=True)
 class Restart:
@@ -359,3 +363,21 @@ def zip_longest_all(lists: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """[[a1, b1], [a2, b2], [a3]] from [[a1, a2, a3], [b1, b2]]: one from each list in turn."""
     longest = max((len(items) for items in lists), default=0)
     return [[items[i] for items in lists if i < len(items)] for i in range(longest)]
+
+
+def rounds(faults: Sequence[Fault]) -> list[list[Fault]]:
+    """The faults grouped into rounds that run at once: each pipeline meets one fault at a time, in plan order.
+
+    A fault goes into the round after the last one that holds a fault of any pipeline it touches, so two pipelines'
+    scripts run side by side while a server shared by several pipelines waits for all of them.
+    """
+    grouped: list[list[Fault]] = []
+    last: dict[str, int] = {}
+    for fault in faults:
+        at = max((last[p] + 1 for p in fault.pipelines if p in last), default=0)
+        if at == len(grouped):
+            grouped.append([])
+        grouped[at].append(fault)
+        for pipeline in fault.pipelines:
+            last[pipeline] = at
+    return grouped

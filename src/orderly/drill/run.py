@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from orderly.drill.faults import FaultRecord, LocalFaults
+from orderly.drill.faults import FaultRecord, LocalFaults, rounds
 from orderly.drill.ingest import Ingest
 from orderly.drill.items import Items
 from orderly.drill.loms import Loms
@@ -54,19 +54,20 @@ async def exercise(target: Target, stack: Stack, options: Options, *, say: Calla
             await pipeline.prepare(http)
         unable = injector.begin() if injector else None
         plan = injector.plan(pipelines) if injector and not unable else []
-        say(f"drill {tag}: {', '.join(p.name for p in pipelines)}; {len(plan)} faults planned")
+        names = ", ".join(p.name for p in pipelines)
+        say(f"drill {tag}: {names}; {len(plan)} faults planned in {len(rounds(plan))} rounds")
         stop = asyncio.Event()
         began = time.monotonic()
         loads = [asyncio.create_task(p.load(http, stop, clients=options.clients, rate=options.rate)) for p in pipelines]
         records: list[FaultRecord] = []
         try:
             await asyncio.sleep(options.settle)
-            for fault in plan:
+            for group in rounds(plan):
                 assert injector is not None
-                record = await injector.inject(fault)
-                mark = "ok  " if record.recovered else "FAIL"
-                say(f"  {time.monotonic() - began:5.0f} s  {mark} {record.title}: {record.detail}")
-                records.append(record)
+                for record in await asyncio.gather(*(injector.inject(fault) for fault in group)):
+                    mark = "ok  " if record.recovered else "FAIL"
+                    say(f"  {time.monotonic() - began:5.0f} s  {mark} {record.title}: {record.detail}")
+                    records.append(record)
                 await asyncio.sleep(options.settle)
             if injector is None:
                 await asyncio.sleep(options.duration)

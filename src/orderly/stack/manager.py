@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ class Stack:
         self.root = root or default_root()
         self.settings = settings or InfraSettings()
         self._run_as: str | None = None
+        self._user_lock = threading.Lock()
 
     def servers(self, names: Iterable[str] | None = None) -> list[Server]:
         ctx = StackContext(root=self.root, settings=self.settings, run_as=self._run_as)
@@ -95,7 +97,8 @@ class Stack:
 
     def restart(self, name: str) -> float:
         """Stop one server and start it again, as an operator's restart would; returns the seconds until ready."""
-        self._run_as = ensure_service_user(self.root)
+        with self._user_lock:  # restarts of several servers may run at once; the user is made once
+            self._run_as = ensure_service_user(self.root)
         [server] = self.servers([name])
         began = time.monotonic()
         server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orderly.drill.faults import Kill, LocalFaults, Restart
+from orderly.drill.faults import Kill, LocalFaults, Restart, rounds
 from orderly.drill.pipeline import Target
 from orderly.drill.run import PIPELINES
 from orderly.runner import all_processes
@@ -41,3 +41,20 @@ def test_each_server_is_restarted_once_and_counts_for_every_pipeline_that_uses_i
 def test_a_chosen_pipeline_gets_only_its_own_faults(tmp_path: Path) -> None:
     faults = plan(tmp_path, ["sums"])
     assert [f.title for f in faults] == ["kill -9 sums", "restart mariadb", "restart redis"]
+
+
+def test_pipelines_meet_their_faults_side_by_side_but_one_at_a_time_each_in_plan_order(tmp_path: Path) -> None:
+    faults = plan(tmp_path, ["ingest", "sums", "items", "loms"])
+    grouped = rounds(faults)
+    assert sorted(f.title for group in grouped for f in group) == sorted(f.title for f in faults)
+    for group in grouped:
+        touched = [p for fault in group for p in fault.pipelines]
+        assert len(touched) == len(set(touched)), f"a pipeline meets two faults at once: {group}"
+    for pipeline in ("ingest", "sums", "items", "loms"):
+        mine = [f for f in faults if pipeline in f.pipelines]
+        in_rounds = [f for group in grouped for f in group if pipeline in f.pipelines]
+        assert in_rounds == mine, f"{pipeline}'s faults out of plan order"
+    postgres = next(i for i, g in enumerate(grouped) for f in g if f.title == "restart postgres")
+    loms_kills = [i for i, g in enumerate(grouped) for f in g if isinstance(f, Kill) and f.pipeline == "loms"]
+    assert postgres > max(loms_kills), "a shared server waits for every pipeline that uses it"
+    assert len(grouped) < len(faults)
