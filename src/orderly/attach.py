@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from orderly.platform.processes import ProcessSpec
 from orderly.runner import all_processes, output_dir, wait_ready
 from orderly.stack.manager import Stack
 
-START_TIMEOUT = 180.0  # a cold start: seven servers, the init steps, fifteen processes
-STOP_TIMEOUT = 120.0
+START_TIMEOUT = 600.0  # a cold start on a busy machine: seven servers, four init steps, fifteen processes
+STOP_TIMEOUT = 300.0  # every process drained in reverse order, then the servers it started
 
 
 class SystemNotReadyError(Exception):
@@ -58,10 +59,23 @@ def attached(*, announce: Callable[[str], None] = print) -> Iterator[Attached]:
     with (output_dir(stack) / "up.log").open("ab") as log:
         runner = subprocess.Popen([sys.executable, "-m", "orderly", "up"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        late = wait_ready(specs, timeout=START_TIMEOUT)
-        if late:
-            raise SystemNotReadyError(f"not ready after {START_TIMEOUT:.0f} s: {', '.join(late)}")
+        _await_start(runner, specs)
         yield Attached(stack, specs, started=True)
     finally:
         runner.send_signal(signal.SIGINT)
-        runner.wait(STOP_TIMEOUT)
+        try:
+            runner.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            announce(f"`orderly up` (pid {runner.pid}) is still stopping after {STOP_TIMEOUT:.0f} s; see its up.log")
+
+
+def _await_start(runner: subprocess.Popen[bytes], specs: Sequence[ProcessSpec]) -> None:
+    """Until every API answers /readyz; fails as soon as `orderly up` exits, or at the start deadline."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while late := wait_ready(specs, timeout=5):
+        if runner.poll() is not None:
+            raise SystemNotReadyError(
+                f"`orderly up` exited with {runner.returncode} before {', '.join(late)} got ready"
+            )
+        if time.monotonic() > deadline:
+            raise SystemNotReadyError(f"not ready after {START_TIMEOUT:.0f} s: {', '.join(late)}")
