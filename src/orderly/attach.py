@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orderly.platform.processes import ProcessSpec
-from orderly.runner import all_processes, output_dir, wait_ready
+from orderly.runner import output_dir, service_processes, wait_ready
 from orderly.stack.manager import Stack
 
 START_TIMEOUT = 600.0  # a cold start on a busy machine: seven servers, four init steps, fifteen processes
@@ -33,7 +33,7 @@ class Attached:
     """The running system a command talks to."""
 
     stack: Stack
-    specs: list[ProcessSpec]  # every long-running process, as `orderly up` runs it
+    specs: list[ProcessSpec]  # every long-running process, as `orderly up` runs it (ports moved by the offset)
     started: bool  # whether this command started `orderly up` (and so stops it again)
 
     @property
@@ -50,7 +50,7 @@ def is_running(specs: Sequence[ProcessSpec]) -> bool:
 def attached(*, announce: Callable[[str], None] = print) -> Iterator[Attached]:
     """The running system; started with `orderly up` when no API answers, and stopped again on exit."""
     stack = Stack()
-    specs = [spec for spec in all_processes() if not spec.init]
+    specs = service_processes()
     if is_running(specs):
         yield Attached(stack, specs, started=False)
         return

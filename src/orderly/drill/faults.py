@@ -36,7 +36,7 @@ from orderly.loms.relay import RELAY_LOCK_KEY
 from orderly.loms.settings import LomsSettings
 from orderly.notifier.settings import NotifierSettings
 from orderly.platform.pools import kafka_config
-from orderly.platform.processes import SUPERVISOR_PORT, port_offset
+from orderly.runner import supervisor_port
 from orderly.stack.base import StackError
 from orderly.stack.manager import Stack
 
@@ -101,7 +101,7 @@ class Supervisor:
     """`orderly up`'s supervisor, read through its ``/status`` (JSON) on loopback."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.url = f"http://127.0.0.1:{port or SUPERVISOR_PORT + port_offset()}/status"
+        self.url = f"http://127.0.0.1:{port or supervisor_port()}/status"
 
     def status(self) -> dict[str, ProcessState]:
         """Every supervised process by name; raises httpx.HTTPError when the supervisor does not answer."""
