@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := uv
 RUN := $(UV) run --frozen
 
-.PHONY: help setup up demo down status test lint fmt
+.PHONY: help setup up demo drill down status test lint fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ up: setup ## start the local stack and every service; Ctrl-C stops them
 
 demo: setup ## against the running system (started when needed), prove each promise: PASS or FAIL with evidence
 	$(RUN) orderly demo
+
+drill: setup ## against the running system (started when needed), kill processes and restart servers under load: PASS or FAIL per pipeline
+	$(RUN) orderly drill
 
 down: setup ## stop every server of the local stack
 	$(RUN) orderly stack down

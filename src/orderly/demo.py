@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,9 +19,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from orderly.platform.processes import ProcessSpec
-from orderly.runner import all_processes, output_dir, wait_ready
-from orderly.stack.manager import Stack
+from orderly.attach import SystemNotReadyError, attached
 
 console = Console(highlight=False)
 INGEST, SUMS, ITEMS, LOMS = 8101, (8201, 8202, 8203), 8301, 8401
@@ -274,10 +269,6 @@ async def loms_events_in_order(http: httpx.AsyncClient, out: Path) -> Verdict:
     return verdict
 
 
-def system_is_up(specs: list[ProcessSpec]) -> bool:
-    return not wait_ready(specs, timeout=2)
-
-
 async def guarded(promise: str, check: Awaitable[Verdict]) -> Verdict:
     """A check that crashes is a FAIL with the error as its evidence, never a traceback."""
     try:
@@ -301,25 +292,12 @@ async def tour(out: Path) -> list[Verdict]:
 
 def demo() -> int:
     started = time.monotonic()
-    stack = Stack()
-    specs = [spec for spec in all_processes() if not spec.init]
-    runner: subprocess.Popen[bytes] | None = None
-    if not system_is_up(specs):
-        console.print("the system is not running: starting `orderly up` (its output goes to .stack/run/up.log)")
-        output_dir(stack).mkdir(parents=True, exist_ok=True)
-        with (output_dir(stack) / "up.log").open("ab") as log:
-            runner = subprocess.Popen([sys.executable, "-m", "orderly", "up"], stdout=log, stderr=subprocess.STDOUT)
-        if wait_ready(specs, timeout=180):
-            console.print("[red]the system did not get ready; see .stack/run/up.log[/]")
-            runner.send_signal(signal.SIGINT)
-            runner.wait(120)
-            return 1
     try:
-        verdicts = asyncio.run(tour(output_dir(stack)))
-    finally:
-        if runner is not None:
-            runner.send_signal(signal.SIGINT)
-            runner.wait(120)
+        with attached(announce=console.print) as system:
+            verdicts = asyncio.run(tour(system.output))
+    except SystemNotReadyError as error:
+        console.print(f"[red]the system did not get ready ({error}); see .stack/run/up.log[/]")
+        return 1
     for verdict in verdicts:
         console.print(
             f"[bold {'green' if verdict.ok else 'red'}]{'PASS' if verdict.ok else 'FAIL'}[/] {verdict.promise}"
