@@ -10,8 +10,8 @@ import pytest
 
 from tests.e2e.items.test_change_log_e2e import all_logs, logs_total, migrate, start_api, start_workers
 from tests.e2e.outage_load import run_load, wait_status
-from tests.integration.items.support import items_settings, wait_until
-from tests.plumbing import Namespace, Processes, ScratchStack
+from tests.integration.items.support import items_settings
+from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
 
 pytestmark = pytest.mark.slow
 

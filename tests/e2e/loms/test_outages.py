@@ -12,8 +12,8 @@ import pytest
 
 from tests.e2e.loms.test_delivery import first_seen
 from tests.e2e.outage_load import run_load, wait_status
-from tests.loms_support import eventually, notifier_lines, prepare
-from tests.plumbing import Namespace, Processes, ScratchStack, free_port
+from tests.loms_support import notifier_lines, prepare
+from tests.plumbing import Namespace, Processes, ScratchStack, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ async def test_postgres_and_kafka_restarts_under_load_give_no_5xx_but_503_and_ev
         """Restart ``server`` under a bounded load; the API must answer 503 while it is away, never another 5xx."""
         stop = asyncio.Event()
         load = asyncio.create_task(run_load(url, order, clients=8, max_requests=4000, max_seconds=90, stop=stop))
-        await eventually(lambda: len(expected) >= 20, within=30, what="orders flowing")
+        await wait_until(lambda: len(expected) >= 20, within=30, what="orders flowing")
         await asyncio.to_thread(scratch.down, server)
         if server == "postgres":
             ready = await wait_status(url, "/readyz", 503, within=10)
@@ -66,7 +66,7 @@ async def test_postgres_and_kafka_restarts_under_load_give_no_5xx_but_503_and_ev
         await asyncio.to_thread(scratch.up, server)
         await wait_status(url, "/readyz", 200, within=60)
         answered = len(expected)
-        await eventually(lambda: len(expected) >= answered + 20, within=60, what=f"orders after the {server} restart")
+        await wait_until(lambda: len(expected) >= answered + 20, within=60, what=f"orders after the {server} restart")
         stop.set()
         tally = await load
         assert tally.bad == [], [*tally.bad[:3], *(line for line in api.errors if "unhandled" in line)][:6]
@@ -87,7 +87,7 @@ async def test_postgres_and_kafka_restarts_under_load_give_no_5xx_but_503_and_ev
         seen = printed()
         return all(len(seen.get(order_id, [])) >= len(statuses) for order_id, statuses in wanted.items())
 
-    await eventually(all_printed, within=180, what="every answered order's events printed")
+    await wait_until(all_printed, within=180, what="every answered order's events printed")
     seen = printed()
     for order_id, statuses in wanted.items():
         assert [e["status"] for e in seen[order_id]] == statuses, order_id
