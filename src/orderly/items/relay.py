@@ -137,7 +137,10 @@ async def _session(
     settings: ItemsSettings, shutdown: Shutdown, *, js: JetStreamContext, retry: Retry, burst: bool
 ) -> None:
     wake = asyncio.Event()
-    async with postgres_pool(settings.postgres) as pool:
+    # pool_min 0: a pool with a floor re-opens its connections on its own while the server is away, and asyncpg logs
+    # each failed attempt with a traceback; this session ends at the first failure and the Retry logs the outage once.
+    session_db = settings.postgres.model_copy(update={"pool_min": 0})
+    async with postgres_pool(session_db) as pool:
         # A connection of its own, not one from the pool: when the server goes away it is simply dropped with the
         # session (a pooled connection would have to give its listener back first, and it may be dead by then).
         listener = await asyncpg.connect(settings.postgres.dsn())
