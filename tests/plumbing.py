@@ -343,7 +343,7 @@ class Spawned:
         for line in stream:
             into.append(line.rstrip("\n"))
 
-    def wait_http_ready(self, port: int, *, timeout: float = 30) -> None:
+    def wait_http_ready(self, port: int, *, timeout: float = 120) -> None:
         """Wait until GET /readyz answers 200; fail with the process's stderr if it dies or never gets ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
