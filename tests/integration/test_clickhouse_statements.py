@@ -41,6 +41,7 @@ CLICKHOUSE_MODULES = {
     "orderly/items/migrate.py": "passes a client to the migration runner",
     "orderly/items/app.py": "passes a client to ChangeLog",
     "orderly/items/audit.py": "passes a client to ChangeLog; catches its errors",
+    "orderly/platform/errors.py": "classifies the driver's exceptions; issues no statement",
 }
 
 
