@@ -85,6 +85,14 @@ async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verd
     await asyncio.gather(*(send(n) for n in range(1, 1001)))
     verdict.check(len(timings) == 1000, f"{len(timings)}/1000 requests accepted (202)")
 
+    await check_printed_in_order(verdict, files, timings, expected=1000)
+    return verdict
+
+
+async def check_printed_in_order(
+    verdict: Verdict, files: OutputFiles, timings: dict[str, tuple[float, float]], *, expected: int, note: str = ""
+) -> None:
+    """Every accepted token reaches the daemon's output, and none before one accepted before it was sent."""
     first_seen: dict[str, int] = {}
 
     async def all_out() -> bool:
@@ -93,10 +101,9 @@ async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verd
         return all(token in first_seen for token in timings)
 
     arrived = await poll(all_out, within=30)
-    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/1000 tokens in the daemon's output")
+    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/{expected} tokens in the daemon's output")
     violations, pairs = order_violations(timings, first_seen)
-    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs")
-    return verdict
+    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs{note}")
 
 
 def daemon_first_seen(files: OutputFiles) -> dict[str, int]:
@@ -160,17 +167,7 @@ async def ingest_over_stomp(http: httpx.AsyncClient, out: Path) -> Verdict:
         *(http_client(20_000 + 100 * c) for c in range(4)),
     )
     verdict.check(len(timings) == 200, f"{len(timings)}/200 accepted (100 RECEIPTs over STOMP, 100 202s over HTTP)")
-    first_seen: dict[str, int] = {}
-
-    async def all_out() -> bool:
-        first_seen.clear()
-        first_seen.update(daemon_first_seen(files))
-        return all(token in first_seen for token in timings)
-
-    arrived = await poll(all_out, within=30)
-    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/200 tokens in the daemon's output")
-    violations, pairs = order_violations(timings, first_seen)
-    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs, both protocols")
+    await check_printed_in_order(verdict, files, timings, expected=200, note=", both protocols")
     parked = [r for _, r in workers.records("reason") if str(r.get("reason", "")).startswith("missing token")]
     verdict.check(
         len(parked) == 1, f"the frame without a token was dead-lettered: {parked[0]['reason'] if parked else 'no'}"
