@@ -73,6 +73,7 @@ class Namespace:
     mysql_databases: list[str] = field(default_factory=list)
     vhosts: list[str] = field(default_factory=list)
     ch_databases: list[str] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
 
     @property
     def prefix(self) -> str:
@@ -80,6 +81,9 @@ class Namespace:
 
     async def settings(self, name: str = "main") -> InfraSettings:
         """Settings whose every resource is fresh and private to this run (one set per ``name``)."""
+        if name in self.names:
+            raise ValueError(f"namespace name {name!r} is already taken in this run; give each test its own")
+        self.names.add(name)
         tag = f"{self.prefix}_{name}"
         await self._create_pg(tag)
         await self._create_mysql(tag)

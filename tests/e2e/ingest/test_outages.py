@@ -95,7 +95,7 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
 ) -> None:
     scratch = scratch_stack("ingest-pg", "postgres")
     await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("pgrestart")
+    base = await namespace.settings("ingest-pgrestart")
     settings = base.model_copy(update={"postgres": scratch.settings.postgres})
     env = migrate(settings)
     _, port = start_api(processes, env)

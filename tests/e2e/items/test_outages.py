@@ -21,7 +21,7 @@ async def test_postgres_restart_under_load_gives_no_5xx_but_503_and_every_answer
 ) -> None:
     scratch = scratch_stack("items-pg", "postgres")
     await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("pgrestart")
+    base = await namespace.settings("items-pgrestart")
     postgres = scratch.settings.postgres.model_copy(update={"database": base.postgres.database})
     settings = items_settings(base.model_copy(update={"postgres": postgres}))
     migrate(processes, settings)
