@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,11 @@ async def send_stomp_requests(
             except NotAcceptedError:
                 time.sleep(0.05)  # pacing of this client's reconnects while the broker is away
 
-    await asyncio.gather(*(asyncio.to_thread(one_client, i) for i in range(clients)))
+    # Threads of their own: the loop's default executor has only cpu_count + 4 threads, and clients that outnumber it
+    # would starve every other to_thread call of the test (a server restart among them) until they stop.
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="stomp-client") as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, one_client, i) for i in range(clients)))
     return results
 
 

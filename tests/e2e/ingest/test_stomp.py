@@ -128,6 +128,7 @@ async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Nam
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_a_broker_restart_loses_no_receipted_stomp_request(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
