@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,12 +166,21 @@ class Namespace:
                 future.result()
 
 
-async def asgi_call(app: ASGIApp, scope: Scope) -> list[Message]:
-    """Call an ASGI app once with an empty request body; returns the messages it sent."""
+async def asgi_call(
+    app: ASGIApp, scope: Scope, *, chunks: Sequence[bytes] = (b"",), received: list[bytes] | None = None
+) -> list[Message]:
+    """Call an ASGI app once with a request body sent as ``chunks`` (one empty chunk unless given); returns the
+    messages it sent. Each chunk the app took is appended to ``received``; after the last the client is gone."""
     sent: list[Message] = []
+    pending = list(chunks)
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if not pending:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        if received is not None:
+            received.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
 
     async def send(message: Message) -> None:
         sent.append(message)
