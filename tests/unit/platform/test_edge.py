@@ -162,7 +162,11 @@ async def test_a_dependency_unavailable_is_503_with_retry_after_on_both_paths(pa
     sent = await asgi_call(api(), scope("GET", path))
     assert status(sent) == 503
     assert header(sent, b"retry-after") == b"3"
-    assert body(sent) == {"error": "dependency_unavailable", "message": "mysql is unavailable; retry later", "fields": []}
+    assert body(sent) == {
+        "error": "dependency_unavailable",
+        "message": "mysql is unavailable; retry later",
+        "fields": [],
+    }
 
 
 @pytest.mark.parametrize("path", ["/fast-boom", "/boom"])
@@ -183,7 +187,9 @@ async def test_a_valid_request_id_is_sent_back_and_any_other_is_replaced(path: s
         assert header(made, b"x-request-id") not in (None, bad)
     first = header(await asgi_call(app, scope("POST", path)), b"x-request-id")
     second = header(await asgi_call(app, scope("POST", path)), b"x-request-id")
-    assert first and second and first != second
+    assert first
+    assert second
+    assert first != second
 
 
 @pytest.mark.parametrize("path", ["/fast-boom", "/boom"])
