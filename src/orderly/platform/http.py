@@ -273,7 +273,7 @@ class Edge:
                 if answered is not None:
                     status = answered
                     return
-            elif length is None:
+            if length is None and (fast is None or not fast.reads_body):  # a body read by a fast route was capped
                 receive = _capped(receive, self.max_body_bytes)
             status = await self._to_fastapi(scope, receive, send, request_id)
         finally:
@@ -331,10 +331,11 @@ class Edge:
             await _send(send, answer_of(body_too_large_response(exc)), request_id)
             return 413
         except Exception as exc:
-            # FastAPI's error middleware answered the uniform 500 (and logged it) before re-raising; the server
-            # would only log it again.
             if not started:
                 await _send(send, answer_of(internal_error(scope["path"], exc)), request_id)
+            elif status != 500:
+                raise  # a response broke off after it started: the server must drop the connection
+            # else FastAPI's error middleware answered the uniform 500 (and logged it) before re-raising it.
             return 500
         return status
 

@@ -52,6 +52,11 @@ async def fast_twin(request: Request) -> dict[str, Any]:
     return {"length": len(await request.body()), "by": "fastapi"}
 
 
+@router.post("/lazy")
+async def lazy_twin(request: Request) -> dict[str, int]:
+    return {"length": len(await request.body())}
+
+
 @router.get("/down")
 async def down() -> None:
     raise DependencyUnavailable("mysql", retry_after_s=3)
@@ -68,6 +73,10 @@ async def fast(_scope: Scope, body: bytes) -> Answer | None:
     return json_answer(200, json.dumps({"length": len(body), "by": "fast"}).encode())
 
 
+async def never_takes_it(_scope: Scope, _body: bytes) -> Answer | None:
+    return None
+
+
 async def fast_down(_scope: Scope, _body: bytes) -> Answer:
     raise DependencyUnavailable("mysql", retry_after_s=3)
 
@@ -78,6 +87,7 @@ async def fast_boom(_scope: Scope, _body: bytes) -> Answer:
 
 FAST = [
     FastRoute("POST", "/fast", fast, reads_body=True),
+    FastRoute("POST", "/lazy", never_takes_it),
     FastRoute("GET", "/fast-down", fast_down),
     FastRoute("GET", "/fast-boom", fast_boom),
 ]
@@ -129,7 +139,7 @@ async def test_a_content_length_over_the_cap_is_413_before_a_byte_is_read(path: 
     assert answer["fields"] == [{"field": "body", "message": f"the request body is larger than {CAP} bytes"}]
 
 
-@pytest.mark.parametrize("path", ["/model", "/raw", "/fast"])
+@pytest.mark.parametrize("path", ["/model", "/raw", "/fast", "/lazy"])
 async def test_a_chunked_body_is_refused_with_413_as_soon_as_it_passes_the_cap(path: str) -> None:
     received: list[bytes] = []
     chunks = [b"x" * 400] * 100  # 40 KB, no Content-Length
