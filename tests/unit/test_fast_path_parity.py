@@ -38,7 +38,6 @@ from orderly.items.domain import (
     clean_name,
 )
 from orderly.items.settings import ItemsSettings
-from orderly.platform.errors import DependencyUnavailable
 from orderly.platform.http import Answer, Edge, FastRoute
 from orderly.sums.app import Submitter, SumsState
 from orderly.sums.app import create_app as sums_app
@@ -235,7 +234,7 @@ SUM_OUTCOMES = st.sampled_from(
         KeyReusedError("used with a different request"),
         RequestInProgressError(retry_after_s=3),
         StorageUnavailableError("mysql is down"),
-        DependencyUnavailable("mysql", retry_after_s=2),
+        ConnectionResetError("mysql went away"),
         RuntimeError("a bug"),
     ]
 )
@@ -285,7 +284,7 @@ def item(item_id: int, campaign_id: int, name: str, description: str | None) -> 
     if item_id % 5 == 0:
         raise ItemNotFoundError(item_id)
     if campaign_id % 11 == 0:
-        raise DependencyUnavailable("postgres")
+        raise ConnectionRefusedError("postgres is down")
     name, description = clean_name(name), clean_description(description)
     return Item(item_id, campaign_id, name, description, priority=3, removed=False, created_at=CREATED_AT)
 

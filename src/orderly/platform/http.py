@@ -32,7 +32,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from orderly.platform.errors import DependencyUnavailable
 from orderly.platform.logging import REQUEST_ID
 from orderly.platform.settings import DEFAULT_MAX_BODY_BYTES, HttpSettings
 
@@ -103,19 +102,18 @@ def body_too_large_response(exc: BodyTooLarge) -> JSONResponse:
     return error_response(413, "body_too_large", message, fields=[{"field": "body", "message": message}])
 
 
-def dependency_unavailable_response(exc: DependencyUnavailable) -> JSONResponse:
-    return error_response(503, exc.error, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-
 PLATFORM_ERRORS: Mapping[type[Exception], ErrorAnswer] = {
     StarletteHTTPException: http_error_response,
     BodyTooLarge: body_too_large_response,
-    DependencyUnavailable: dependency_unavailable_response,
 }
 
 
 def internal_error(path: str, exc: BaseException) -> JSONResponse:
-    """Log an unexpected error with its traceback and answer the uniform 500 (nothing of it reaches the client)."""
+    """Log an unexpected error with its traceback and answer the uniform 500 (nothing of it reaches the client).
+
+    The one answer to an exception no entry of an API's ``ErrorAnswers`` takes, on fast routes and in FastAPI alike:
+    a classification of dependency failures (503 + Retry-After) belongs here, and reaches both paths.
+    """
     log.error("unhandled error", exc_info=exc, extra={"path": path, "error_type": type(exc).__name__})
     return error_response(500, "internal_error", "internal error; see the server log")
 
@@ -129,7 +127,7 @@ class ErrorAnswers:
 
     Looked up along the exception's MRO, as Starlette's exception middleware does, so a subclass gets its base's
     answer unless it has its own. FastAPI gets every entry as an exception handler; the ``Edge`` answers fast routes
-    from the same table, so both paths give the same bytes. Anything not in it is the uniform 500.
+    from the same table, so both paths give the same bytes. Anything not in it goes to ``internal_error``.
     """
 
     def __init__(self, answers: Mapping[type[Exception], ErrorAnswer] | None = None) -> None:

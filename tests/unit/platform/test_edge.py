@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from starlette.types import Message, Scope
 
-from orderly.platform.errors import DependencyUnavailable
 from orderly.platform.http import Answer, Edge, FastRoute, create_app, json_answer
 from orderly.platform.logging import RequestIdFilter
 from tests.plumbing import asgi_call
@@ -57,11 +56,6 @@ async def lazy_twin(request: Request) -> dict[str, int]:
     return {"length": len(await request.body())}
 
 
-@router.get("/down")
-async def down() -> None:
-    raise DependencyUnavailable("mysql", retry_after_s=3)
-
-
 @router.get("/boom")
 async def boom() -> None:
     raise RuntimeError("secret internals")
@@ -77,10 +71,6 @@ async def never_takes_it(_scope: Scope, _body: bytes) -> Answer | None:
     return None
 
 
-async def fast_down(_scope: Scope, _body: bytes) -> Answer:
-    raise DependencyUnavailable("mysql", retry_after_s=3)
-
-
 async def fast_boom(_scope: Scope, _body: bytes) -> Answer:
     raise RuntimeError("secret internals")
 
@@ -88,7 +78,6 @@ async def fast_boom(_scope: Scope, _body: bytes) -> Answer:
 FAST = [
     FastRoute("POST", "/fast", fast, reads_body=True),
     FastRoute("POST", "/lazy", never_takes_it),
-    FastRoute("GET", "/fast-down", fast_down),
     FastRoute("GET", "/fast-boom", fast_boom),
 ]
 
@@ -165,18 +154,6 @@ async def test_a_fast_route_that_leaves_the_input_hands_fastapi_the_body_it_read
 async def test_a_client_gone_before_the_body_ended_gets_no_answer() -> None:
     sent = await asgi_call(api(), scope("POST", "/fast", [(b"content-length", b"100")]), chunks=[])
     assert sent == []
-
-
-@pytest.mark.parametrize("path", ["/fast-down", "/down"])
-async def test_a_dependency_unavailable_is_503_with_retry_after_on_both_paths(path: str) -> None:
-    sent = await asgi_call(api(), scope("GET", path))
-    assert status(sent) == 503
-    assert header(sent, b"retry-after") == b"3"
-    assert body(sent) == {
-        "error": "dependency_unavailable",
-        "message": "mysql is unavailable; retry later",
-        "fields": [],
-    }
 
 
 @pytest.mark.parametrize("path", ["/fast-boom", "/boom"])
