@@ -166,6 +166,32 @@ class Namespace:
                 future.result()
 
 
+def http_scope(
+    method: str,
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    state: dict[str, Any] | None = None,
+) -> Scope:
+    """An HTTP request's ASGI scope as a server hands it over (what FastAPI and the Edge read of it)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": list(headers),
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "state": {} if state is None else state,
+    }
+
+
 async def asgi_call(
     app: ASGIApp, scope: Scope, *, chunks: Sequence[bytes] = (b"",), received: list[bytes] | None = None
 ) -> list[Message]:

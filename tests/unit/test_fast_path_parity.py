@@ -44,7 +44,7 @@ from orderly.sums.app import create_app as sums_app
 from orderly.sums.domain import KeyReusedError, RequestInProgressError, StorageUnavailableError, SumRequest
 from orderly.sums.service import Answer as SumAnswer
 from orderly.sums.settings import SumsSettings
-from tests.plumbing import asgi_call
+from tests.plumbing import asgi_call, http_scope
 
 PARITY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -118,21 +118,7 @@ REQUEST_ID = (b"x-request-id", b"parity")
 
 
 def scope_of(method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], state: dict[str, Any]) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query,
-        "headers": [REQUEST_ID, *headers],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "state": state,
-    }
+    return http_scope(method, path, query=query, headers=[REQUEST_ID, *headers], state=state)
 
 
 def spied(app: Edge, answered: list[str]) -> Edge:

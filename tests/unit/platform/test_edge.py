@@ -19,7 +19,7 @@ from starlette.types import Message, Scope
 
 from orderly.platform.http import Answer, Edge, FastRoute, create_app, json_answer
 from orderly.platform.logging import RequestIdFilter
-from tests.plumbing import asgi_call
+from tests.plumbing import asgi_call, http_scope
 
 CAP = 1024
 
@@ -87,21 +87,7 @@ def api(service: str = "edge-test") -> Edge:
 
 
 def scope(method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers or [],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "state": {},
-    }
+    return http_scope(method, path, headers=headers or [])
 
 
 def status(sent: list[Message]) -> int:

@@ -14,11 +14,11 @@ from prometheus_client import REGISTRY
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Scope
 
-from orderly.sums.app import Submitter, SumsState, create_app, read_sum_inputs
-from orderly.sums.domain import SumRequest
+from orderly.sums.app import SumsState, create_app, read_sum_inputs
 from orderly.sums.service import Answer
 from orderly.sums.settings import SumsSettings
 from tests.plumbing import asgi_call
+from tests.unit.test_fast_path_parity import FakeSubmitter
 
 # Characters that matter to query parsing (separators, escapes, '+', non-ASCII) plus a few plain ones.
 QUERY_TEXT = st.text(alphabet="&=%+;2AaF09 é€nubmerikyx-", max_size=40)
@@ -56,18 +56,6 @@ def test_any_query_and_headers_are_read_as_starlette_reads_them(query: str, head
     assert read_sum_inputs(scope) == starlette_reads({**scope, "headers": list(headers)})
 
 
-class FakeService(Submitter):
-    def __init__(self, outcome: Answer | Exception) -> None:
-        self.outcome = outcome
-        self.requests: list[SumRequest] = []
-
-    async def submit(self, request: SumRequest) -> Answer:
-        self.requests.append(request)
-        if isinstance(self.outcome, Exception):
-            raise self.outcome
-        return self.outcome
-
-
 def http_scope(path: str = "/sum", query: bytes = b"", method: str = "GET", service: Any = None) -> Scope:
     return {
         "type": "http",
@@ -80,7 +68,7 @@ def http_scope(path: str = "/sum", query: bytes = b"", method: str = "GET", serv
 
 
 async def test_bad_input_is_400_before_the_service_is_called() -> None:
-    service = FakeService(Answer(b"{}", replayed=False))
+    service = FakeSubmitter(Answer(b"{}", replayed=False))
     sent = await asgi_call(create_app(SumsSettings()), http_scope(query=b"number=0", service=service))
     assert sent[0]["status"] == 400
     assert service.requests == []
@@ -89,7 +77,7 @@ async def test_bad_input_is_400_before_the_service_is_called() -> None:
 async def test_an_unexpected_error_is_a_500_with_the_platforms_body_and_is_counted() -> None:
     labels = {"service": "sums", "route": "/sum", "status": "500"}
     before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
-    sent = await asgi_call(create_app(SumsSettings()), http_scope(service=FakeService(RuntimeError())))
+    sent = await asgi_call(create_app(SumsSettings()), http_scope(service=FakeSubmitter(RuntimeError())))
     assert sent[0]["status"] == 500
     assert b'"error":"internal_error"' in sent[1]["body"]
     assert b"Traceback" not in sent[1]["body"]
