@@ -74,6 +74,10 @@ class FakeConnector:
     def _future_store_child(self) -> AbstractFutureStore:
         return self._store.get_child()
 
+    async def close(self) -> None:
+        """Stop what the channel started (its frame reader), as a closing connection does."""
+        await self._store.reject_all(ConnectionError("closed"))
+
 
 class UnderlayOnly:
     """The aio-pika channel as the publisher uses it: open, and its aiormq channel."""
@@ -123,6 +127,7 @@ async def test_aiormq_resolves_the_confirmations_the_publisher_registers_on_a_mu
     await asyncio.wait_for(asyncio.gather(*publishes), 5)
     assert not channel.confirmations
     assert not channel.message_id_delivery_tag
+    await connector.close()
 
 
 async def test_aiormq_fails_the_confirmation_of_a_returned_message_by_its_message_id() -> None:
@@ -137,3 +142,4 @@ async def test_aiormq_fails_the_confirmation_of_a_returned_message_by_its_messag
     await channel._on_return_frame(aiormq.spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", routing_key="q"))
     with pytest.raises(BrokerUnavailableError, match="PublishError"):
         await asyncio.wait_for(publish, 5)
+    await connector.close()
