@@ -3,7 +3,9 @@
 Each API is built by its own ``create_app`` and called twice per input: as it serves (``Edge`` with its fast routes)
 and with every request left to FastAPI (``Edge.without_fast_routes``). Status, body bytes and headers must be equal,
 whatever the query, headers, body and backend outcome. The backends are fakes: a ``Publisher`` subclass for ingest,
-a ``Submitter`` for sums, the items use cases replaced on their module (both paths call them through it).
+a ``Submitter`` for sums, the items use cases replaced on their module (both paths call them through it). Their
+outcomes include the outages: a service's own 503s (``overloaded``, ``storage_unavailable``, ``outcome_unknown``) and
+the platform's (a transient driver error or a ``DependencyUnavailableError``, answered by ``internal_error``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -32,16 +35,25 @@ from orderly.items.app import Runtime
 from orderly.items.app import create_app as items_app
 from orderly.items.domain import (
     CampaignNotFoundError,
+    InvalidFieldError,
     Item,
     ItemNotFoundError,
     clean_description,
     clean_name,
 )
-from orderly.items.settings import ItemsSettings
+from orderly.items.settings import ItemsOptions, ItemsSettings
+from orderly.platform.errors import DependencyUnavailableError, OutcomeUnknownError
 from orderly.platform.http import Answer, Edge, FastRoute
 from orderly.sums.app import Submitter, SumsState
 from orderly.sums.app import create_app as sums_app
-from orderly.sums.domain import KeyReusedError, RequestInProgressError, StorageUnavailableError, SumRequest
+from orderly.sums.domain import (
+    CommitOutcomeUnknownError,
+    KeyReusedError,
+    OverloadedError,
+    RequestInProgressError,
+    StorageUnavailableError,
+    SumRequest,
+)
 from orderly.sums.service import Answer as SumAnswer
 from orderly.sums.settings import SumsSettings
 from tests.plumbing import asgi_call, http_scope
@@ -160,7 +172,9 @@ async def assert_parity(app: Edge, scope: Scope, body: bytes = b"", *, reset: An
 # ingest -------------------------------------------------------------------------------------------------------------
 
 TOKEN = UUID("01900000-0000-7000-8000-000000000001")
-PUBLISH_OUTCOMES = st.sampled_from(["confirmed", "unconfirmed", "unconfirmed, stored already", "revoke failed"])
+PUBLISH_OUTCOMES = st.sampled_from(
+    ["confirmed", "unconfirmed", "unconfirmed, stored already", "revoke failed", "channel closed", "a bug"]
+)
 
 
 class FakePublisher(Publisher):
@@ -168,6 +182,10 @@ class FakePublisher(Publisher):
         self.outcome = outcome
 
     async def publish(self, _request: AcceptedRequest) -> None:
+        if self.outcome == "channel closed":
+            raise DependencyUnavailableError("rabbitmq", "the channel is closed")
+        if self.outcome == "a bug":
+            raise RuntimeError("a bug")
         if self.outcome != "confirmed":
             raise BrokerUnavailableError("no confirm")
 
@@ -220,6 +238,10 @@ SUM_OUTCOMES = st.sampled_from(
         KeyReusedError("used with a different request"),
         RequestInProgressError(retry_after_s=3),
         StorageUnavailableError("mysql is down"),
+        CommitOutcomeUnknownError("the connection broke during the COMMIT"),
+        OverloadedError("10000 requests already wait for a commit"),
+        DependencyUnavailableError("redis", "connection refused"),
+        OutcomeUnknownError("mysql"),
         ConnectionResetError("mysql went away"),
         RuntimeError("a bug"),
     ]
@@ -271,6 +293,10 @@ def item(item_id: int, campaign_id: int, name: str, description: str | None) -> 
         raise ItemNotFoundError(item_id)
     if campaign_id % 11 == 0:
         raise ConnectionRefusedError("postgres is down")
+    if campaign_id % 13 == 0:
+        raise asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
+    if campaign_id % 17 == 0:
+        raise OutcomeUnknownError("postgres")
     name, description = clean_name(name), clean_description(description)
     return Item(item_id, campaign_id, name, description, priority=3, removed=False, created_at=CREATED_AT)
 
@@ -287,9 +313,13 @@ class FakeUseCases:
     ) -> Item:  # fmt: skip
         return item(item_id, campaign_id, name, "kept" if keep_description else description)
 
-    async def list_items(self, *, limit: int, offset: int, **_resources: Any) -> tuple[bytes, bool]:
+    async def list_items(self, *, limit: int, offset: int, max_offset: int, **_resources: Any) -> tuple[bytes, bool]:
+        if offset > max_offset:
+            raise InvalidFieldError("offset", f"at most {max_offset}")
         if offset % 13 == 0:
             raise RuntimeError("a bug")
+        if offset % 11 == 0:
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is shutting down")
         return json.dumps({"items": [], "limit": limit, "offset": offset}).encode(), (limit + offset) % 2 == 0
 
 
@@ -303,7 +333,9 @@ def fake_use_cases() -> Iterator[None]:
 
 
 ITEMS = items_app(ItemsSettings())
-ITEMS_STATE = {"items": Runtime(pool=None, redis=None, cache=None, changelog=None, flights=None)}  # type: ignore[arg-type]
+# A small offset cap, so that generated offsets pass it as often as not.
+ITEMS_OPTIONS = ItemsOptions(list_max_offset=1000)
+ITEMS_STATE = {"items": Runtime(pool=None, redis=None, cache=None, changelog=None, flights=None, options=ITEMS_OPTIONS)}  # type: ignore[arg-type]
 
 
 @PARITY
@@ -353,3 +385,66 @@ async def test_valid_input_is_answered_by_the_fast_route_not_by_fastapi(
     with fixed_tokens(), fake_use_cases():
         sent = await asgi_call(fast_only, scope_of(method, path, query, [], state), chunks=[body])
     assert sent[0]["status"] in (200, 202)
+
+
+# outages: a 503 that says to retry, the same on both paths --------------------------------------------------------
+
+
+def ingest_state(outcome: str) -> dict[str, Any]:
+    return {"ingest": ApiState(FakePublisher(outcome), FakePool(outcome), IngestOptions(), None)}  # type: ignore[arg-type]
+
+
+def sums_state(error: Exception) -> dict[str, Any]:
+    return {"sums": SumsState(FakeSubmitter(error), None, None)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("app", "method", "path", "query", "body", "state", "error", "dependency"),
+    [
+        pytest.param(INGEST, "GET", "/ingest", b"n=1", b"", ingest_state("unconfirmed"),
+                     "broker_unavailable", "rabbitmq", id="ingest-unconfirmed"),
+        pytest.param(INGEST, "GET", "/ingest", b"n=1", b"", ingest_state("revoke failed"),
+                     "outcome_unknown", "rabbitmq", id="ingest-revoke-failed"),
+        pytest.param(INGEST, "GET", "/ingest", b"n=1", b"", ingest_state("channel closed"),
+                     "dependency_unavailable", "rabbitmq", id="ingest-channel-closed"),
+        pytest.param(SUMS, "GET", "/sum", b"number=1", b"", sums_state(OverloadedError("queue full")),
+                     "overloaded", None, id="sums-overloaded"),
+        pytest.param(SUMS, "POST", "/sum", b"number=1", b"", sums_state(StorageUnavailableError("mysql is down")),
+                     "storage_unavailable", "mysql", id="sums-mysql-down"),
+        pytest.param(SUMS, "GET", "/sum", b"number=1&ikey=k", b"", sums_state(CommitOutcomeUnknownError("cut off")),
+                     "outcome_unknown", "mysql", id="sums-commit-cut-off"),
+        pytest.param(SUMS, "GET", "/test-sum-action", b"", b"",
+                     sums_state(DependencyUnavailableError("redis", "connection refused")),
+                     "dependency_unavailable", "redis", id="sums-redis-down"),
+        pytest.param(ITEMS, "GET", "/items/list", b"offset=11", b"", ITEMS_STATE,
+                     "dependency_unavailable", "postgres", id="items-list-postgres-restarting"),
+        pytest.param(ITEMS, "POST", "/item/create", b"campaignId=13", b'{"name": "a"}', ITEMS_STATE,
+                     "dependency_unavailable", "postgres", id="items-create-postgres-shut-down"),
+        pytest.param(ITEMS, "PATCH", "/item/update", b"id=1&campaignId=17", b'{"name": "a"}', ITEMS_STATE,
+                     "outcome_unknown", "postgres", id="items-update-commit-cut-off"),
+    ],
+)  # fmt: skip
+async def test_an_outage_on_a_fast_route_is_the_same_503_naming_the_dependency_on_both_paths(
+    *,
+    app: Edge,
+    method: str,
+    path: str,
+    query: bytes,
+    body: bytes,
+    state: dict[str, Any],
+    error: str,
+    dependency: str | None,
+) -> None:
+    answered: list[str] = []
+    with fixed_tokens(), fake_use_cases():
+        fast = response(await asgi_call(spied(app, answered), scope_of(method, path, query, [], state), chunks=[body]))
+        twin = response(
+            await asgi_call(app.without_fast_routes(), scope_of(method, path, query, [], state), chunks=[body])
+        )
+    assert answered == [path], "the fast route answered"
+    status, raw, headers = fast
+    assert status == 503
+    assert b"retry-after" in dict(headers)
+    answer = json.loads(raw)
+    assert (answer["error"], answer.get("dependency")) == (error, dependency)
+    assert fast == twin

@@ -17,8 +17,11 @@ import pamqp.frame
 import pytest
 from aiormq.abc import AbstractFutureStore, ChannelFrame
 from aiormq.base import FutureStore
+from granian import Granian
 from granian.constants import Interfaces
 from granian.server.embed import Server
+from honcho.colour import get_colours
+from honcho.printer import Message
 from uuid_utils.compat import uuid7
 
 from orderly.ingest.broker import Publisher
@@ -39,6 +42,21 @@ def test_granians_embedded_server_takes_what_sums_single_process_serving_passes(
 
     server = Server(app, address="127.0.0.1", port=1, interface=Interfaces.ASGI, log_enabled=False, backlog=16)
     assert server.interrupt_children == []
+
+
+def test_granian_still_calls_a_target_loader_with_the_target_in_each_worker() -> None:
+    # orderly.platform.http.serve passes ``target_loader=load_app_in_worker``, which ties each worker to its main
+    # process (PR_SET_PDEATHSIG) before building the app; granian must call it with the target string, unwrapped.
+    parameters = inspect.signature(Granian.serve).parameters
+    assert "target_loader" in parameters
+    assert parameters["wrap_loader"].default is True
+
+
+def test_honchos_printer_message_and_colours_are_what_orderly_up_prints_with() -> None:
+    # orderly.runner.TeePrinter prints honcho ``Message`` tuples with honcho's colours (tests/unit/test_runner.py
+    # checks the printed lines).
+    assert Message._fields == ("type", "data", "time", "name", "colour")
+    assert all(isinstance(colour, str) for colour, _ in zip(get_colours(), range(20), strict=False))
 
 
 # aiormq + pamqp: orderly.ingest.broker.Publisher writes Basic.Publish + ContentHeader + body frames itself

@@ -103,12 +103,16 @@ def accepted_body(accepted: AcceptedRequest) -> bytes:
     )
 
 
+def broker_unavailable_body() -> dict[str, Any]:
+    return error_body("broker_unavailable", "the request was not queued; retry later") | {"dependency": "rabbitmq"}
+
+
 def outcome_unknown_body(exc: OutcomeUnknownError) -> dict[str, Any]:
     message = (
         "the broker did not confirm the request and the refusal could not be recorded: it may still be stored; "
         "look for its token in the events before retrying"
     )
-    return {**error_body("outcome_unknown", message), "token": str(exc.token)}
+    return {**error_body("outcome_unknown", message), "dependency": "rabbitmq", "token": str(exc.token)}
 
 
 def invalid_response(exc: InvalidRequestError) -> JSONResponse:
@@ -124,7 +128,7 @@ def error_answers(options: IngestOptions) -> dict[type[Exception], ErrorAnswer]:
     def unavailable(exc: BrokerUnavailableError) -> JSONResponse:
         if isinstance(exc, OutcomeUnknownError):
             return JSONResponse(outcome_unknown_body(exc), status_code=503, headers=retry_after)
-        return error_response(503, "broker_unavailable", "the request was not queued; retry later", headers=retry_after)
+        return JSONResponse(broker_unavailable_body(), status_code=503, headers=retry_after)
 
     return {InvalidRequestError: invalid_response, BrokerUnavailableError: unavailable}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import ChannelFrame
 from pamqp.header import ContentHeader
 
@@ -38,11 +38,40 @@ def queue_arguments(options: IngestOptions) -> dict[str, Any]:
 
 
 async def declare_queues(channel: AbstractChannel, options: IngestOptions) -> AbstractQueue:
-    """Declare the durable request queue and its dead-letter queue (idempotent); returns the request queue."""
+    """Declare the durable request queue, its dead-letter queue and the STOMP entry (idempotent); returns the
+    request queue."""
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead_queue = await channel.declare_queue(options.dead_letter_queue, durable=True)
     await dead_queue.bind(dead, routing_key=options.dead_letter_queue)
-    return await channel.declare_queue(options.queue, durable=True, arguments=queue_arguments(options))
+    queue = await channel.declare_queue(options.queue, durable=True, arguments=queue_arguments(options))
+    stomp = await channel.declare_exchange(options.stomp_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    await queue.bind(stomp)
+    return queue
+
+
+REASON_HEADER = "x-orderly-reason"
+
+
+class DeadLetters:
+    """Parks a delivery in the dead-letter queue with its reason, confirmed by the broker before the caller acks it.
+
+    A plain reject would dead-letter it too, but with no word of why; the copy carries the reason, the exchange it
+    came through and its headers, and the original is acked only after the copy is safe.
+    """
+
+    def __init__(self, channel: AbstractChannel, *, queue: str) -> None:
+        self.channel, self.queue = channel, queue
+
+    async def park(self, message: AbstractIncomingMessage, reason: str) -> None:
+        headers = {**(message.headers or {}), REASON_HEADER: reason, "x-orderly-exchange": message.exchange or ""}
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self.channel.default_exchange.publish(copy, routing_key=self.queue, mandatory=True)
 
 
 def _forget_message_id(channel: Any, message_id: str | None, tag: int, _confirmation: asyncio.Future[Any]) -> None:

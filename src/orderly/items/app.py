@@ -26,7 +26,7 @@ from orderly.items import service
 from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.changelog import ChangeLog, LogQuery
 from orderly.items.domain import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, InvalidFieldError, NotFoundError
-from orderly.items.settings import ItemsSettings
+from orderly.items.settings import ItemsOptions, ItemsSettings
 from orderly.platform.http import Answer, Edge, FastRoute, answer_of, error_response, json_answer, query_params
 from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.logging import configure_logging
@@ -53,6 +53,7 @@ class Runtime:
     cache: ListCache
     changelog: ChangeLog
     flights: SingleFlight[bytes]
+    options: ItemsOptions
 
 
 def _runtime(request: Request) -> Runtime:
@@ -139,15 +140,21 @@ async def remove_item(rt: Rt, item_id: ItemId, campaign_id: CampaignId) -> dict[
     return {"id": item.id, "campaignId": item.campaign_id, "removed": item.removed}
 
 
-@router.patch("/item/reprioritize", summary="Give an item a priority; items at or above it move up by one")
+@router.patch("/item/reprioritize", summary="Give an item a priority; the items in its way move up by one")
 async def reprioritize_item(
     rt: Rt,
     item_id: ItemId,
     campaign_id: CampaignId,
     body: Annotated[ReprioritizeBody, Depends(json_body(ReprioritizeBody))],
 ) -> dict[str, Any]:
+    most = rt.options.reprioritize_max_moves
     changed = await service.reprioritize_item(
-        pool=rt.pool, cache=rt.cache, item_id=item_id, campaign_id=campaign_id, new_priority=body.newPriority
+        pool=rt.pool,
+        cache=rt.cache,
+        item_id=item_id,
+        campaign_id=campaign_id,
+        new_priority=body.newPriority,
+        max_moves=most,
     )
     return {"priorities": [{"id": item.id, "priority": item.priority} for item in changed]}
 
@@ -155,9 +162,22 @@ async def reprioritize_item(
 @router.get(LIST_PATH, summary="Items by priority (cached for a minute, never stale after a write)")
 async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
     # Documents the route and answers what ``list_fast`` hands on (HEAD, input it leaves to FastAPI's checks).
-    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights)
-    (LIST_HIT if hit else LIST_MISS).inc()
+    body, hit = await list_page_of(rt, limit, offset)
     return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+async def list_page_of(rt: Runtime, limit: int, offset: int) -> tuple[bytes, bool]:
+    """The list page for both paths (``list_items`` and ``list_fast``), counted as a cache hit or miss."""
+    body, hit = await service.list_items(
+        pool=rt.pool,
+        cache=rt.cache,
+        limit=limit,
+        offset=offset,
+        max_offset=rt.options.list_max_offset,
+        flights=rt.flights,
+    )
+    (LIST_HIT if hit else LIST_MISS).inc()
+    return body, hit
 
 
 def _plain_int(value: str | None, default: int | None, high: int) -> int | None:
@@ -222,11 +242,7 @@ async def list_fast(scope: Scope, _body: bytes) -> Answer | None:
     page = list_page(scope["query_string"])
     if page is None:
         return None
-    rt: Runtime = scope["state"]["items"]
-    body, hit = await service.list_items(
-        pool=rt.pool, cache=rt.cache, limit=page[0], offset=page[1], flights=rt.flights
-    )
-    (LIST_HIT if hit else LIST_MISS).inc()
+    body, hit = await list_page_of(scope["state"]["items"], *page)
     return json_answer(200, body, (b"x-cache", b"hit" if hit else b"miss"))
 
 
@@ -273,6 +289,8 @@ async def logs(
     item_id: Annotated[int | None, Query(alias="itemId", ge=1)] = None,
     campaign_id: Annotated[int | None, Query(alias="campaignId", ge=1)] = None,
 ) -> dict[str, Any]:
+    if offset > rt.options.list_max_offset:
+        raise InvalidFieldError("offset", f"at most {rt.options.list_max_offset}")
     total, events = await rt.changelog.read(
         LogQuery(limit=limit, offset=offset, item_id=item_id, campaign_id=campaign_id)
     )
@@ -318,7 +336,14 @@ def create_app(settings: ItemsSettings | None = None) -> Edge:
             gc.collect()
             gc.freeze()
             try:
-                runtime = Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog, flights=SingleFlight())
+                runtime = Runtime(
+                    pool=pool,
+                    redis=redis,
+                    cache=cache,
+                    changelog=changelog,
+                    flights=SingleFlight(),
+                    options=settings.items,
+                )
                 yield {"items": runtime}
             finally:
                 changelog.close()

@@ -12,12 +12,15 @@ registered (OpenAPI schema, validation errors naming the field). See docs/archit
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import importlib.util
 import itertools
 import logging
 import os
 import re
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -30,9 +33,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderly.platform.errors import OutcomeUnknownError, Transient, classify
 from orderly.platform.logging import REQUEST_ID
+from orderly.platform.orphans import die_with_parent
+from orderly.platform.retry import OutageLog
 from orderly.platform.settings import DEFAULT_MAX_BODY_BYTES, HttpSettings
 
 log = logging.getLogger(__name__)
@@ -108,12 +114,44 @@ PLATFORM_ERRORS: Mapping[type[Exception], ErrorAnswer] = {
 }
 
 
-def internal_error(path: str, exc: BaseException) -> JSONResponse:
-    """Log an unexpected error with its traceback and answer the uniform 500 (nothing of it reaches the client).
+RETRY_AFTER_S = 1
+READINESS_TIMEOUT_S = 5.0  # a dependency that does not answer a probe within this is not ready
+# One line when a dependency starts failing requests, not one per request (see OutageLog).
+_outages = OutageLog(logger=log)
 
-    The one answer to an exception no entry of an API's ``ErrorAnswers`` takes, on fast routes and in FastAPI alike:
-    a classification of dependency failures (503 + Retry-After) belongs here, and reaches both paths.
+
+def unavailable_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After: ``dependency`` is down or restarting and nothing was done."""
+    body = error_body("dependency_unavailable", f"{dependency} is unavailable; retry later") | {
+        "dependency": dependency
+    }
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def outcome_unknown_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After for a write whose commit was cut off: it may or may not have been applied."""
+    message = (
+        f"the connection to {dependency} broke while the write was being committed: it may have been applied; "
+        "read before retrying"
+    )
+    body = error_body("outcome_unknown", message) | {"dependency": dependency}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def internal_error(path: str, exc: BaseException) -> JSONResponse:
+    """The answer to an exception that no entry of an API's ``ErrorAnswers`` takes, on fast routes and in FastAPI alike.
+
+    An outage is not a bug: a transient fault of a dependency answers 503 naming it (``dependency_unavailable``, or
+    ``outcome_unknown`` when a commit was cut off), with Retry-After, so that a client knows to retry. Anything else
+    is logged with its traceback and answered with the uniform 500 (nothing of it reaches the client).
     """
+    if isinstance(exc, OutcomeUnknownError):
+        _outages.note(exc.dependency, exc, f"answering 503 outcome_unknown ({path})")
+        return outcome_unknown_response(exc.dependency)
+    fault = classify(exc)
+    if isinstance(fault, Transient):
+        _outages.note(fault.dependency, exc, "answering 503")
+        return unavailable_response(fault.dependency)
     log.error("unhandled error", exc_info=exc, extra={"path": path, "error_type": type(exc).__name__})
     return error_response(500, "internal_error", "internal error; see the server log")
 
@@ -151,6 +189,38 @@ class ErrorAnswers:
             return answer(exc)
 
         return handle
+
+
+class ErrorMiddleware:
+    """Answers, inside the FastAPI app, an exception that no exception handler took: from the API's ``ErrorAnswers``.
+
+    That is ``internal_error`` (503 for an outage, else 500) for anything not in the table. Starlette's outermost
+    error middleware would answer with its handler and then re-raise the exception to the ``Edge`` and the server,
+    which could not tell an answered 503 from a response that broke off; here the exception stops. One raised after
+    the response started goes on, so that the server drops the connection.
+    """
+
+    def __init__(self, app: ASGIApp, *, errors: ErrorAnswers) -> None:
+        self.app, self.errors = app, errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            await self.errors.respond(scope["path"], exc)(scope, receive, send)
 
 
 def query_params(query_string: bytes) -> dict[str, str]:
@@ -322,19 +392,13 @@ class Edge:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except BodyTooLarge as exc:
-            # Raised where no exception handler runs (FastAPI answers it from its routes): answered here if we can.
-            if started:
-                raise
-            await _send(send, answer_of(body_too_large_response(exc)), request_id)
-            return 413
         except Exception as exc:
-            if not started:
-                await _send(send, answer_of(internal_error(scope["path"], exc)), request_id)
-            elif status != 500:
+            if started:
                 raise  # a response broke off after it started: the server must drop the connection
-            # else FastAPI's error middleware answered the uniform 500 (and logged it) before re-raising it.
-            return 500
+            # Raised outside the ErrorMiddleware (which answers everything inside FastAPI): the same table answers.
+            answer = answer_of(self.errors.respond(scope["path"], exc))
+            await _send(send, answer, request_id)
+            return answer[0]
         return status
 
     def _template(self, scope: Scope) -> str:
@@ -422,11 +486,12 @@ def create_app(
         results: dict[str, bool] = {}
         for name, check in checks.items():
             try:
-                results[name] = await check(request)
+                results[name] = await asyncio.wait_for(check(request), READINESS_TIMEOUT_S)
             except Exception:
                 results[name] = False
         ready = all(results.values())
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        headers = None if ready else {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503, headers=headers)
 
     @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -439,6 +504,7 @@ def create_app(
     for exc_type, answer in table.answers.items():
         app.add_exception_handler(exc_type, table.handler(answer))
     app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(ErrorMiddleware, errors=table)
     return Edge(app, service=service, errors=table, max_body_bytes=max_body_bytes, routes=fast_routes)
 
 
@@ -465,7 +531,22 @@ def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:
         process_name=process_name if importlib.util.find_spec("setproctitle") else None,
         respawn_failed_workers=True,
         workers_kill_timeout=10,
-    ).serve()
+    ).serve(target_loader=load_app_in_worker)
+
+
+def load_app_in_worker(target: str) -> Any:
+    """granian's target loader, called in each worker process: tie the worker's life to its parent, build the app.
+
+    A worker is a child of granian's main process. If that process dies, even by ``kill -9``, the kernel kills the
+    worker too (``PR_SET_PDEATHSIG``), so no orphan keeps serving the port beside a restarted API.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    die_with_parent(signal.SIGKILL, parent_pid=parent.pid if parent is not None else None)
+    module_name, _, factory_name = target.partition(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory()
 
 
 def export_to_environment(prefix: str, values: Mapping[str, object | None]) -> None:

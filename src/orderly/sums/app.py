@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
@@ -17,14 +17,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from orderly.platform import http
-from orderly.platform.http import Edge, ErrorAnswer, FastRoute, error_response, json_answer, query_params
+from orderly.platform.http import Edge, ErrorAnswer, FastRoute, error_body, error_response, json_answer, query_params
 from orderly.platform.http import create_app as platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import mysql_pool, redis_client
 from orderly.sums.cache import IdempotencyCache
 from orderly.sums.domain import (
+    CommitOutcomeUnknownError,
     InvalidInputError,
     KeyReusedError,
+    OverloadedError,
     RequestInProgressError,
     StorageUnavailableError,
     SumRequest,
@@ -32,7 +34,7 @@ from orderly.sums.domain import (
 )
 from orderly.sums.reference import ReferenceSums
 from orderly.sums.repository import SESSION_INIT, SumStore
-from orderly.sums.service import Answer, CommitBatcher, SumsService, crash_hook, purge_expired_keys
+from orderly.sums.service import Answer, CommitBatcher, SumsService, purge_expired_keys
 from orderly.sums.settings import SumsOptions, SumsSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,22 @@ def in_progress_response(exc: RequestInProgressError) -> JSONResponse:
 
 
 def unavailable_response(exc: StorageUnavailableError) -> JSONResponse:
-    return error_response(503, "storage_unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, CommitOutcomeUnknownError):
+        message = f"{exc}; send it again with the same idempotency key to learn the outcome"
+        return JSONResponse(
+            error_body("outcome_unknown", message) | {"dependency": "mysql"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse(
+        error_body("storage_unavailable", str(exc)) | {"dependency": "mysql"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def overloaded_response(exc: OverloadedError) -> JSONResponse:
+    return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
 
 
 ERRORS: dict[type[Exception], ErrorAnswer] = {
@@ -98,6 +115,7 @@ ERRORS: dict[type[Exception], ErrorAnswer] = {
     KeyReusedError: reused_response,
     RequestInProgressError: in_progress_response,
     StorageUnavailableError: unavailable_response,
+    OverloadedError: overloaded_response,
 }
 
 
@@ -145,8 +163,14 @@ async def _purge_loop(store: SumStore, options: SumsOptions) -> None:
             log.info("purged expired idempotency keys", extra={"deleted": deleted})
 
 
-def create_app(settings: SumsSettings | None = None) -> Edge:
-    """Composition root of one API instance: settings, pools, the batcher, the purge job, the routes."""
+def create_app(
+    settings: SumsSettings | None = None, *, on_committed: Callable[[tuple[str, ...]], None] | None = None
+) -> Edge:
+    """Composition root of one API instance: settings, pools, the batcher, the purge job, the routes.
+
+    ``on_committed`` is called with the keys of each committed batch before their answers go to Redis (a seam for
+    fault-injection tests, which compose their own app with it; the production entry point passes nothing).
+    """
     if settings is None:  # a real API process; tests pass their own settings and keep their logging
         settings = SumsSettings()
         configure_logging(settings.log, process=f"sums-api:{settings.http.port}")
@@ -163,9 +187,7 @@ def create_app(settings: SumsSettings | None = None) -> Edge:
             cache = IdempotencyCache(
                 client, prefix=settings.redis.key_prefix, skip_after_failure_s=options.redis_retry_after_s
             )
-            async with CommitBatcher(
-                store=store, cache=cache, options=options, on_committed=crash_hook(options.crash_after_commit_key)
-            ) as batcher:
+            async with CommitBatcher(store=store, cache=cache, options=options, on_committed=on_committed) as batcher:
                 service: Submitter
                 if options.mode == "reference":
                     service = ReferenceSums(

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from orderly.items.settings import ItemsSettings
-from tests.integration.items.support import items_env, items_settings, wait_until
-from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port
+from tests.integration.items.support import items_env, items_settings
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, wait_until
 
 
 def migrate(processes: Processes, settings: ItemsSettings) -> None:
@@ -143,7 +143,7 @@ async def test_no_change_is_lost_when_nats_restarts_and_clickhouse_stops_for_fiv
     )
     migrate(processes, settings)
     _, url = start_api(processes, settings)
-    _, audit = start_workers(processes, settings)
+    relay, audit = start_workers(processes, settings)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         changes = Changes(client)
         for n in range(10):
@@ -166,4 +166,7 @@ async def test_no_change_is_lost_when_nats_restarts_and_clickhouse_stops_for_fiv
         await changes.remove()
 
         await assert_logged_exactly(client, changes.events, within=120)
-    assert any("ClickHouse insert failed" in line for line in audit.errors), "the outage was seen by the audit"
+    assert any("clickhouse unavailable" in line for line in audit.errors), "the outage was seen by the audit"
+    assert any("clickhouse reachable again" in line for line in audit.errors)
+    for process in (relay, audit):  # both rode through the restarts: the same processes, still running
+        assert process.proc.poll() is None, "\n".join(process.errors[-20:])
