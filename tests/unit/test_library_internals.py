@@ -29,7 +29,7 @@ from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError
 
 
 def test_granians_embedded_server_takes_what_sums_single_process_serving_passes() -> None:
-    # orderly.sums.cli._serve_in_process: Server(target, factory=, address=, port=, interface=, log_enabled=,
+    # orderly.sums.cli.serve_in_process: Server(target, factory=, address=, port=, interface=, log_enabled=,
     # backlog=), ``await server.serve()``, ``server.stop`` as the signal handler, ``server.interrupt_children``
     # (non-empty when the worker ended on its own) for the exit code.
     parameters = inspect.signature(Server.__init__).parameters
