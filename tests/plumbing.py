@@ -198,12 +198,47 @@ class Namespace:
                 future.result()
 
 
-async def asgi_call(app: ASGIApp, scope: Scope) -> list[Message]:
-    """Call an ASGI app once with an empty request body; returns the messages it sent."""
+def http_scope(
+    method: str,
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    state: dict[str, Any] | None = None,
+) -> Scope:
+    """An HTTP request's ASGI scope as a server hands it over (what FastAPI and the Edge read of it)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": list(headers),
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "state": {} if state is None else state,
+    }
+
+
+async def asgi_call(
+    app: ASGIApp, scope: Scope, *, chunks: Sequence[bytes] = (b"",), received: list[bytes] | None = None
+) -> list[Message]:
+    """Call an ASGI app once with a request body sent as ``chunks`` (one empty chunk unless given); returns the
+    messages it sent. Each chunk the app took is appended to ``received``; after the last the client is gone."""
     sent: list[Message] = []
+    pending = list(chunks)
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if not pending:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        if received is not None:
+            received.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
 
     async def send(message: Message) -> None:
         sent.append(message)

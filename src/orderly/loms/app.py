@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from orderly.loms import service
 from orderly.loms.domain import Item, OrderNotFoundError, SkuNotFoundError, TransitionNotAllowedError
 from orderly.loms.settings import LomsSettings
+from orderly.platform.http import Edge, error_body, error_response
 from orderly.platform.http import create_app as platform_app
-from orderly.platform.http import error_body, error_response
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import postgres_pool
 
@@ -91,18 +91,17 @@ async def stock(body: SkuIn, pool: Pool) -> dict[str, int]:
     return {"count": await service.stock_info(pool=pool, sku=body.sku)}
 
 
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+def _not_found(exc: OrderNotFoundError | SkuNotFoundError) -> JSONResponse:
     field = "sku" if isinstance(exc, SkuNotFoundError) else "orderID"
     return error_response(404, "not_found", str(exc), fields=[{"field": field, "message": str(exc)}])
 
 
-async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TransitionNotAllowedError)
+def _conflict(exc: TransitionNotAllowedError) -> JSONResponse:
     body = error_body("transition_not_allowed", str(exc)) | {"status": exc.current.value}
     return JSONResponse(body, status_code=409)
 
 
-def create_app() -> FastAPI:
+def create_app() -> Edge:
     """Composition root of the api process: settings from env/file, one PostgreSQL pool for the process's life."""
     settings = LomsSettings()
     configure_logging(settings.log, process="loms-api")
@@ -121,7 +120,8 @@ def create_app() -> FastAPI:
         routers=[router],
         readiness={"postgres": database_ready},
         description="Orders with stock reservation; every status change is published to Kafka via an outbox.",
-        exception_handlers={
+        max_body_bytes=settings.http.max_body_bytes,
+        errors={
             OrderNotFoundError: _not_found,
             SkuNotFoundError: _not_found,
             TransitionNotAllowedError: _conflict,

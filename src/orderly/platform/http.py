@@ -2,6 +2,12 @@
 
 Errors always have the shape ``{"error": <code>, "message": <text>, "fields": [{"field", "message"}]}`` unless a
 service's contract says otherwise; validation errors name every bad field. No traceback ever reaches a client.
+
+Every API is an ``Edge``: the outermost ASGI app, in front of the FastAPI app. It applies what every request gets
+whichever way it is answered (the body cap, the request id, the request metrics, the error answers) and serves a
+service's *fast routes*: hot routes answered by a plain async function instead of FastAPI's layers. A fast route
+returns ``None`` for any input it does not take as it is, and the request goes on to its FastAPI twin, which stays
+registered (OpenAPI schema, validation errors naming the field). See docs/architecture.md, "One fast path".
 """
 
 from __future__ import annotations
@@ -9,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import itertools
 import logging
 import os
+import re
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,14 +36,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderly.platform.errors import OutcomeUnknownError, Transient, classify
+from orderly.platform.logging import REQUEST_ID
 from orderly.platform.orphans import die_with_parent
 from orderly.platform.retry import OutageLog
-from orderly.platform.settings import HttpSettings
+from orderly.platform.settings import DEFAULT_MAX_BODY_BYTES, HttpSettings
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[Request], Awaitable[bool]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Mapping[str, Any]]]
+ErrorAnswer = Callable[[Any], Response]
+"""Turns one exception type into its response; the same table answers on fast routes and in FastAPI."""
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["service", "route", "status"])
 LATENCY = Histogram(
@@ -75,9 +88,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "invalid_request", f"invalid {names}", fields=fields)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over the API's cap, found while reading it: answered 413, nothing of it parsed.
+
+    An ``HTTPException`` so that FastAPI's body parsing lets it through (it turns any other error into a 400).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+
+def body_too_large_response(exc: BodyTooLarge) -> JSONResponse:
+    message = str(exc.detail)
+    return error_response(413, "body_too_large", message, fields=[{"field": "body", "message": message}])
+
+
+PLATFORM_ERRORS: Mapping[type[Exception], ErrorAnswer] = {
+    StarletteHTTPException: http_error_response,
+    BodyTooLarge: body_too_large_response,
+}
 
 
 RETRY_AFTER_S = 1
@@ -105,7 +139,7 @@ def outcome_unknown_response(dependency: str) -> JSONResponse:
 
 
 def internal_error(path: str, exc: BaseException) -> JSONResponse:
-    """The answer to an error that no handler of the service took (the FastAPI app and the fast paths alike).
+    """The answer to an exception that no entry of an API's ``ErrorAnswers`` takes, on fast routes and in FastAPI alike.
 
     An outage is not a bug: a transient fault of a dependency answers 503 naming it (``dependency_unavailable``, or
     ``outcome_unknown`` when a commit was cut off), with Retry-After, so that a client knows to retry. Anything else
@@ -126,42 +160,48 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return internal_error(request.url.path, exc)
 
 
-def query_params(query_string: bytes) -> dict[str, str]:
-    """A query string read as Starlette's ``QueryParams`` (what FastAPI's ``Query`` sees) reads it: decoded as latin-1,
-    then percent-decoded as UTF-8 with blank values kept; a repeated parameter counts with its last value."""
-    return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+class ErrorAnswers:
+    """One API's table of exception type → response: the platform's entries, then the service's (which win).
 
-
-class RouteMetrics:
-    """The request counter and latency histogram of some routes, for handlers that answer outside FastAPI's stack.
-
-    Counts under the same names and labels as ``MetricsMiddleware``; label children are looked up once, since
-    ``.labels()`` hashes and locks on every call (it showed in py-spy on the hot paths).
+    Looked up along the exception's MRO, as Starlette's exception middleware does, so a subclass gets its base's
+    answer unless it has its own. FastAPI gets every entry as an exception handler; the ``Edge`` answers fast routes
+    from the same table, so both paths give the same bytes. Anything not in it goes to ``internal_error``.
     """
 
-    def __init__(self, service: str, routes: Sequence[str]) -> None:
-        self.service = service
-        self._latency = {route: LATENCY.labels(service, route) for route in routes}
-        self._requests: dict[tuple[str, int], Any] = {}
+    def __init__(self, answers: Mapping[type[Exception], ErrorAnswer] | None = None) -> None:
+        self.answers: dict[type[Exception], ErrorAnswer] = {**PLATFORM_ERRORS, **(answers or {})}
+        self._found: dict[type[BaseException], ErrorAnswer | None] = {}
 
-    def observe(self, route: str, status: int, started: float) -> None:
-        """Count one answer of ``route`` with ``status``, begun at ``started`` (``time.perf_counter()``)."""
-        counter = self._requests.get((route, status))
-        if counter is None:
-            counter = self._requests[route, status] = REQUESTS.labels(self.service, route, str(status))
-        counter.inc()
-        self._latency[route].observe(time.perf_counter() - started)
+    def find(self, exc_type: type[BaseException]) -> ErrorAnswer | None:
+        try:
+            return self._found[exc_type]
+        except KeyError:
+            answer = next((self.answers[k] for k in exc_type.__mro__ if k in self.answers), None)
+            self._found[exc_type] = answer
+            return answer
+
+    def respond(self, path: str, exc: Exception) -> Response:
+        answer = self.find(type(exc))
+        return answer(exc) if answer is not None else internal_error(path, exc)
+
+    def handler(self, answer: ErrorAnswer) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(_request: Request, exc: Exception) -> Response:
+            return answer(exc)
+
+        return handle
 
 
 class ErrorMiddleware:
-    """Answers an exception that no handler took with ``internal_error`` (503 for an outage, else 500).
+    """Answers, inside the FastAPI app, an exception that no exception handler took: from the API's ``ErrorAnswers``.
 
-    It sits inside the metrics middleware, so the status counted is the one the client got, and the exception goes no
-    further: Starlette's outermost error middleware would re-raise it to the server, which logs every one.
+    That is ``internal_error`` (503 for an outage, else 500) for anything not in the table. Starlette's outermost
+    error middleware would answer with its handler and then re-raise the exception to the ``Edge`` and the server,
+    which could not tell an answered 503 from a response that broke off; here the exception stops. One raised after
+    the response started goes on, so that the server drops the connection.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, *, errors: ErrorAnswers) -> None:
+        self.app, self.errors = app, errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -180,34 +220,246 @@ class ErrorMiddleware:
         except Exception as exc:
             if started:
                 raise
-            await internal_error(scope["path"], exc)(scope, receive, send)
+            await self.errors.respond(scope["path"], exc)(scope, receive, send)
 
 
-class MetricsMiddleware:
-    """Counts and times requests per route template; a plain ASGI middleware to keep the hot path cheap."""
+def query_params(query_string: bytes) -> dict[str, str]:
+    """A query string read as Starlette's ``QueryParams`` (what FastAPI's ``Query`` sees) reads it: decoded as latin-1,
+    then percent-decoded as UTF-8 with blank values kept; a repeated parameter counts with its last value."""
+    return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
-        self.app, self.service = app, service
+
+class RouteMetrics:
+    """The request counter and latency histogram of an API, per route template and status.
+
+    Label children are looked up once, since ``.labels()`` hashes and locks on every call (it showed in py-spy on the
+    hot paths).
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._latency: dict[str, Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
+
+    def observe(self, route: str, status: int, started: float) -> None:
+        """Count one answer of ``route`` with ``status``, begun at ``started`` (``time.perf_counter()``)."""
+        counter = self._requests.get((route, status))
+        if counter is None:
+            counter = self._requests[route, status] = REQUESTS.labels(self.service, route, str(status))
+        counter.inc()
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = LATENCY.labels(self.service, route)
+        latency.observe(time.perf_counter() - started)
+
+
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+"""A whole response: status, body, headers (lower-case names), as a fast route returns it."""
+
+FastHandler = Callable[[Scope, bytes], Awaitable[Answer | None]]
+
+
+def answer_of(response: Response) -> Answer:
+    """The status, body and headers a Starlette ``Response`` (with a body, not streaming) would send."""
+    return response.status_code, bytes(response.body), response.raw_headers
+
+
+def json_answer(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
+    """``body`` (JSON already) with the headers ``Response(body, status, media_type="application/json")`` sends."""
+    return status, body, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"), *extra]
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """One hot route answered by ``handler(scope, body)`` instead of FastAPI's layers.
+
+    The handler parses, calls the service and returns the ``Answer``; it raises the service's exceptions as its FastAPI
+    twin does (the same ``ErrorAnswers`` turns them into responses). It returns ``None`` for any input it does not take
+    as it is: the request then goes on to the FastAPI route of the same method and path, with the body already read.
+    ``body`` is ``b""`` unless ``reads_body``.
+    """
+
+    method: str
+    path: str
+    handler: FastHandler
+    reads_body: bool = False
+
+
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID_HEADER = b"x-request-id"
+
+
+class Edge:
+    """The outermost ASGI app of an API: what every request gets, and the service's fast routes.
+
+    For every HTTP request, fast or not: a ``Content-Length`` over ``max_body_bytes`` is answered 413 before anything
+    reads the body; a body without one (chunked) is counted while it streams and refused with 413 as soon as it passes
+    the cap (``BodyTooLarge``); an ``X-Request-Id`` (up to 128 of ``A-Za-z0-9._:-``) is kept, otherwise one is made,
+    and either is sent back and set on every log line of the request; the request is counted and timed under its route
+    template. A fast route's answer or exception is rendered here with the API's ``ErrorAnswers`` (the uniform 500 for
+    anything else); every other request, and the lifespan, goes to the FastAPI app unchanged.
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        service: str,
+        errors: ErrorAnswers,
+        max_body_bytes: int,
+        routes: Sequence[FastRoute] = (),
+    ) -> None:
+        self.app, self.service, self.errors, self.max_body_bytes = app, service, errors, max_body_bytes
+        self.routes = tuple(routes)
+        self._routes = {(route.method, route.path): route for route in self.routes}
+        self._metrics = RouteMetrics(service)
+        self._paths: set[str] | None = None
+        # Made ids: a random prefix per app (per process) and a counter, cheaper than a UUID per request.
+        self._id_prefix, self._ids = secrets.token_hex(4).encode(), itertools.count(1)
+
+    def without_fast_routes(self) -> Edge:
+        """The same API with every request answered by FastAPI (the fast routes' twins), for parity tests."""
+        return Edge(self.app, service=self.service, errors=self.errors, max_body_bytes=self.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        length, request_id = self._inspect(scope["headers"])
+        token = REQUEST_ID.set(request_id.decode())
+        fast = self._routes.get((scope["method"], scope["path"]))
+        status, label = 500, fast.path if fast is not None else None
+        try:
+            if length is not None and length > self.max_body_bytes:
+                # Refused before anyone reads a byte of it.
+                status, label = 413, label or self._template(scope)
+                await _send(send, answer_of(body_too_large_response(BodyTooLarge(self.max_body_bytes))), request_id)
+                return
+            if fast is not None:
+                answered, receive = await self._fast(fast, scope, receive, send, request_id)
+                if answered is not None:
+                    status = answered
+                    return
+            if length is None and (fast is None or not fast.reads_body):  # a body read by a fast route was capped
+                receive = _capped(receive, self.max_body_bytes)
+            status = await self._to_fastapi(scope, receive, send, request_id)
+        finally:
+            if label is None:
+                label = str(getattr(scope.get("route"), "path", "unmatched"))
+            self._metrics.observe(label, status, started)
+            REQUEST_ID.reset(token)
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
+    def _inspect(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int | None, bytes]:
+        """The declared body length (None when absent or not a number) and the request id, in one pass."""
+        length: int | None = None
+        request_id: bytes | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif name == _REQUEST_ID_HEADER and request_id is None and _VALID_REQUEST_ID.fullmatch(value):
+                request_id = value
+        return length, request_id or b"%s-%x" % (self._id_prefix, next(self._ids))
+
+    async def _fast(
+        self, route: FastRoute, scope: Scope, receive: Receive, send: Send, request_id: bytes
+    ) -> tuple[int | None, Receive]:
+        """Answer on the fast route: (status, receive), or (None, a receive that replays the body) to fall through."""
+        body = b""
+        try:
+            if route.reads_body:
+                read = await _read_body(receive, self.max_body_bytes)
+                if read is None:
+                    return 499, receive  # the client went away: nobody to answer
+                body = read
+            answer = await route.handler(scope, body)
+        except Exception as exc:
+            answer = answer_of(self.errors.respond(scope["path"], exc))
+        if answer is None:
+            return None, _replay(body, receive) if route.reads_body else receive
+        await _send(send, answer, request_id)
+        return answer[0], receive
+
+    async def _to_fastapi(self, scope: Scope, receive: Receive, send: Send, request_id: bytes) -> int:
+        status, started = 500, False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
+                message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID_HEADER, request_id)]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(self.service, route, str(status)).inc()
-            LATENCY.labels(self.service, route).observe(time.perf_counter() - started)
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise  # a response broke off after it started: the server must drop the connection
+            # Raised outside the ErrorMiddleware (which answers everything inside FastAPI): the same table answers.
+            answer = answer_of(self.errors.respond(scope["path"], exc))
+            await _send(send, answer, request_id)
+            return answer[0]
+        return status
+
+    def _template(self, scope: Scope) -> str:
+        """The route template of a request answered before routing: its path if the API documents it."""
+        if self._paths is None:
+            self._paths = {*self.app.openapi().get("paths", {}), *(route.path for route in self.routes)}
+        path: str = scope["path"]
+        return path if path in self._paths else "unmatched"
+
+
+async def _send(send: Send, answer: Answer, request_id: bytes) -> None:
+    status, body, headers = answer
+    headers = [*headers, (_REQUEST_ID_HEADER, request_id)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, refused with ``BodyTooLarge`` once it passes ``limit``; None if the client went away."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """A receive that raises ``BodyTooLarge`` as soon as the body read through it passes ``limit``."""
+    size = 0
+
+    async def capped() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return capped
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands FastAPI the body already read, then whatever the server says next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def create_app(
@@ -217,9 +469,11 @@ def create_app(
     routers: Sequence[APIRouter],
     readiness: Mapping[str, ReadinessCheck] | None = None,
     description: str = "",
-    exception_handlers: Mapping[type[Exception], Callable[[Request, Any], Awaitable[Response]]] | None = None,
-) -> FastAPI:
-    """Build a service's FastAPI app: its routers plus /healthz, /readyz and /metrics, and the error mapping."""
+    errors: Mapping[type[Exception], ErrorAnswer] | None = None,
+    fast_routes: Sequence[FastRoute] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Edge:
+    """A service's API: its routers, /healthz, /readyz and /metrics and the error answers, behind its ``Edge``."""
     app = FastAPI(title=f"orderly {service}", description=description, lifespan=lifespan)
     checks = dict(readiness or {})
 
@@ -245,14 +499,13 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    table = ErrorAnswers(errors)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    for exc_type, handler in (exception_handlers or {}).items():
-        app.add_exception_handler(exc_type, handler)
+    for exc_type, answer in table.answers.items():
+        app.add_exception_handler(exc_type, table.handler(answer))
     app.add_exception_handler(Exception, _unhandled)
-    app.add_middleware(ErrorMiddleware)
-    app.add_middleware(MetricsMiddleware, service=service)
-    return app
+    app.add_middleware(ErrorMiddleware, errors=table)
+    return Edge(app, service=service, errors=table, max_body_bytes=max_body_bytes, routes=fast_routes)
 
 
 def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:

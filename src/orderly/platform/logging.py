@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
 from orderly.platform.settings import LogSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""The id of the HTTP request being answered (set by the API's ``Edge``); every log line written meanwhile has it."""
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to a record written while a request is answered (tasks started by it inherit the id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
 
 
 def configure_logging(settings: LogSettings, *, process: str) -> None:
@@ -26,6 +40,7 @@ def configure_logging(settings: LogSettings, *, process: str) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

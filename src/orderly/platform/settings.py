@@ -140,10 +140,20 @@ class PrometheusSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
 class HttpSettings(BaseModel):
     host: str = Field(default=LOOPBACK, description="address an API binds")
     port: int = Field(default=8000, ge=1, le=65535, description="port an API binds (each service has its own default)")
     workers: int = Field(default=1, ge=1, le=64, description="HTTP worker processes")
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest request body an API takes; a larger one gets 413 before it is read (chunked: as soon as"
+        " it passes the cap)",
+    )
 
 
 def default_instance() -> str:

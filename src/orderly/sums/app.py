@@ -7,18 +7,17 @@ import contextlib
 import gc
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import Request as StarletteRequest
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from orderly.platform.http import RouteMetrics, error_body, error_response, internal_error, query_params
+from orderly.platform import http
+from orderly.platform.http import Edge, ErrorAnswer, FastRoute, error_body, error_response, json_answer, query_params
 from orderly.platform.http import create_app as platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import mysql_pool, redis_client
@@ -62,12 +61,9 @@ HeaderKey = Annotated[
 
 
 async def _sum(request: Request, number: Number = None, ikey: QueryKey = None, key: HeaderKey = None) -> Response:
-    # Documents the route in the OpenAPI schema; GET/POST requests are answered by ``SumFastPath`` (same logic).
+    # The FastAPI twin of ``sum_fast``: it documents the route in the OpenAPI schema and answers what that one hands
+    # on (nothing today); tests/unit/test_fast_path_parity.py proves the two answer alike.
     state: SumsState = request.state.sums
-    return await _respond(state, number=number, ikey=ikey, key=key)
-
-
-async def _respond(state: SumsState, *, number: str | None, ikey: str | None, key: str | None) -> Response:
     answer = await state.service.submit(parse_request(number=number, query_key=ikey, header_key=key))
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
     return Response(answer.body, media_type="application/json", headers=headers)
@@ -82,20 +78,20 @@ for path in SUM_PATHS:
     router.add_api_route(path, _sum, methods=["GET", "POST"], summary="Add a number; get the sum", description=SUM_DOC)
 
 
-async def _invalid(_request: Request, exc: InvalidInputError) -> JSONResponse:
+def invalid_response(exc: InvalidInputError) -> JSONResponse:
     fields = [{"field": p.field, "message": p.message} for p in exc.problems]
     return error_response(400, "invalid_request", str(exc), fields=fields)
 
 
-async def _reused(_request: Request, exc: KeyReusedError) -> JSONResponse:
+def reused_response(exc: KeyReusedError) -> JSONResponse:
     return error_response(422, "idempotency_key_reused", str(exc))
 
 
-async def _in_progress(_request: Request, exc: RequestInProgressError) -> JSONResponse:
+def in_progress_response(exc: RequestInProgressError) -> JSONResponse:
     return error_response(409, "request_in_progress", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
 
-async def _unavailable(_request: Request, exc: StorageUnavailableError) -> JSONResponse:
+def unavailable_response(exc: StorageUnavailableError) -> JSONResponse:
     if isinstance(exc, CommitOutcomeUnknownError):
         message = f"{exc}; send it again with the same idempotency key to learn the outcome"
         return JSONResponse(
@@ -110,17 +106,16 @@ async def _unavailable(_request: Request, exc: StorageUnavailableError) -> JSONR
     )
 
 
-async def _overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:
+def overloaded_response(exc: OverloadedError) -> JSONResponse:
     return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
 
 
-ErrorHandler = Callable[[Request, Any], Awaitable[JSONResponse]]
-ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
-    InvalidInputError: _invalid,
-    KeyReusedError: _reused,
-    RequestInProgressError: _in_progress,
-    StorageUnavailableError: _unavailable,
-    OverloadedError: _overloaded,
+ERRORS: dict[type[Exception], ErrorAnswer] = {
+    InvalidInputError: invalid_response,
+    KeyReusedError: reused_response,
+    RequestInProgressError: in_progress_response,
+    StorageUnavailableError: unavailable_response,
+    OverloadedError: overloaded_response,
 }
 
 
@@ -141,64 +136,19 @@ def read_sum_inputs(scope: Scope) -> tuple[str | None, str | None, str | None]:
     return params.get("number"), params.get("ikey"), header_key
 
 
-def _ok_headers(body: bytes, *, replayed: bool) -> list[tuple[bytes, bytes]]:
-    # The headers Starlette's Response(body, media_type="application/json", headers=...) sends, in its order.
-    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
-    return [(b"idempotent-replayed", b"true"), *headers] if replayed else headers
+_REPLAYED = (b"idempotent-replayed", b"true")
 
 
-_SUMS_ERRORS = tuple(ERROR_HANDLERS)
+async def sum_fast(scope: Scope, _body: bytes) -> http.Answer:
+    """``GET|POST /sum`` and ``/test-sum-action`` as fast routes (py-spy: FastAPI's layers cost about as much CPU per
+    request as the service itself); the inputs are read as FastAPI reads them (``read_sum_inputs``)."""
+    number, ikey, header_key = read_sum_inputs(scope)
+    state: SumsState = scope["state"]["sums"]
+    answer = await state.service.submit(parse_request(number=number, query_key=ikey, header_key=header_key))
+    return json_answer(200, answer.body, _REPLAYED) if answer.replayed else json_answer(200, answer.body)
 
 
-class SumFastPath:
-    """Answers GET/POST /sum and /test-sum-action as the outermost ASGI app; everything else goes to FastAPI.
-
-    py-spy on one loaded instance showed FastAPI's layers (its telemetry and body-limit wrappers, the middleware
-    chain, routing, dependency solving, Request building) costing about as much CPU as the service's own work. This
-    path does only what the route needs, with the same contract: inputs read as FastAPI reads them
-    (``read_sum_inputs``), a 200 with the same body and headers Starlette's ``Response`` sends, the route's own
-    exception handlers for 400/409/422/503, the platform's 500 body for anything unexpected (logged), and the
-    platform's request counter and latency histogram under the route's template. Anything else (other methods,
-    other paths, the lifespan) goes on to FastAPI unchanged.
-    """
-
-    def __init__(self, app: ASGIApp, service: str = "sums") -> None:
-        self.app, self.service = app, service
-        self.metrics = RouteMetrics(service, SUM_PATHS)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in SUM_PATHS or scope["method"] not in ("GET", "POST"):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        try:
-            try:
-                number, ikey, header_key = read_sum_inputs(scope)
-                state: SumsState = scope["state"]["sums"]
-                answer = await state.service.submit(parse_request(number=number, query_key=ikey, header_key=header_key))
-            except _SUMS_ERRORS as error:
-                handler = next(h for t, h in ERROR_HANDLERS.items() if isinstance(error, t))
-                response = await handler(StarletteRequest(scope, receive), error)
-                status = response.status_code
-                await response(scope, receive, send)
-                return
-            except Exception as error:
-                # What the platform's handler for Exception logs and answers (FastAPI's stack is not around us here).
-                response = internal_error(scope["path"], error)
-                await response(scope, receive, send)
-                return
-            status = 200
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": _ok_headers(answer.body, replayed=answer.replayed),
-                }
-            )
-            await send({"type": "http.response.body", "body": answer.body})
-        finally:
-            self.metrics.observe(scope["path"], status, started)
+FAST_ROUTES = [FastRoute(method, path, sum_fast) for path in SUM_PATHS for method in ("GET", "POST")]
 
 
 async def _purge_loop(store: SumStore, options: SumsOptions) -> None:
@@ -215,14 +165,15 @@ async def _purge_loop(store: SumStore, options: SumsOptions) -> None:
 
 def create_app(
     settings: SumsSettings | None = None, *, on_committed: Callable[[tuple[str, ...]], None] | None = None
-) -> ASGIApp:
+) -> Edge:
     """Composition root of one API instance: settings, pools, the batcher, the purge job, the routes.
 
     ``on_committed`` is called with the keys of each committed batch before their answers go to Redis (a seam for
     fault-injection tests, which compose their own app with it; the production entry point passes nothing).
     """
-    settings = settings or SumsSettings()
-    configure_logging(settings.log, process=f"sums-api:{settings.http.port}")
+    if settings is None:  # a real API process; tests pass their own settings and keep their logging
+        settings = SumsSettings()
+        configure_logging(settings.log, process=f"sums-api:{settings.http.port}")
     options = settings.sums
     timeout = options.redis_timeout_ms / 1000
 
@@ -265,12 +216,13 @@ def create_app(
         await state.store.current_total()
         return True
 
-    app = platform_app(
+    return platform_app(
         service="sums",
         lifespan=lifespan,
         routers=[router],
         readiness={"mysql": mysql_ready},
         description="An idempotent, race-safe lifetime sum of natural numbers.",
-        exception_handlers=ERROR_HANDLERS,
+        errors=ERRORS,
+        fast_routes=FAST_ROUTES,
+        max_body_bytes=settings.http.max_body_bytes,
     )
-    return SumFastPath(app, service="sums")

@@ -1,9 +1,10 @@
-"""A child that asked to die with its parent does, even when the parent is killed with -9; and granian still lets us
-run that request in each of its workers (a tripwire for the part of granian's API we rely on)."""
+"""A child that asked to die with its parent does, even when the parent is killed with -9.
+
+That granian still runs our loader (which asks for it) in each worker is a tripwire in
+tests/unit/test_library_internals.py."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -11,7 +12,6 @@ import sys
 import time
 
 import psutil
-from granian import Granian
 
 CHILD_OF_A_PARENT = """
 import multiprocessing, os, signal, sys, time
@@ -57,9 +57,3 @@ def test_a_child_whose_parent_died_before_it_asked_is_signalled_at_once() -> Non
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == -signal.SIGKILL
     assert done.stdout == ""
-
-
-def test_granian_still_calls_a_target_loader_with_the_target_in_each_worker() -> None:
-    parameters = inspect.signature(Granian.serve).parameters
-    assert "target_loader" in parameters
-    assert parameters["wrap_loader"].default is True
