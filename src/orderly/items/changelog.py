@@ -14,28 +14,89 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import Error as ClickHouseError
+from clickhouse_driver.errors import ErrorCodes
 
 from orderly.items.domain import iso
 
 COLUMNS = "event_id, item_id, campaign_id, name, description, priority, removed, kind, event_time, event_time_us"
 
 
-def row_from_payload(payload: bytes) -> tuple[Any, ...]:
-    """One ClickHouse row from a change event's JSON (as the relay published it)."""
+class MalformedEventError(ValueError):
+    """A message on the change stream is not a change event this service wrote (poison: parked, never retried)."""
+
+
+def _text(event: dict[str, Any], key: str, *, nullable: bool = False) -> str | None:
+    value = event[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise MalformedEventError(f"{key} is not a string")
+    return value
+
+
+def _event(payload: bytes) -> dict[str, Any]:
     event = json.loads(payload)
-    us = int(event["eventTimeUs"])
-    return (
-        event["eventId"],
-        int(event["itemId"]),
-        int(event["campaignId"]),
-        event["name"],
-        event["description"],
-        int(event["priority"]),
-        1 if event["removed"] else 0,
-        event["kind"],
-        datetime.fromtimestamp(us // 1_000_000, UTC).replace(tzinfo=None),
-        us,
-    )
+    if not isinstance(event, dict):
+        raise MalformedEventError("not a JSON object")
+    return event
+
+
+def row_from_payload(payload: bytes) -> tuple[Any, ...]:
+    """One ClickHouse row from a change event's JSON (as the relay published it); MalformedEventError if it is not."""
+    try:
+        event = _event(payload)
+        us = int(event["eventTimeUs"])
+        return (
+            _text(event, "eventId"),
+            int(event["itemId"]),
+            int(event["campaignId"]),
+            _text(event, "name"),
+            _text(event, "description", nullable=True),
+            int(event["priority"]),
+            1 if event["removed"] else 0,
+            _text(event, "kind"),
+            datetime.fromtimestamp(us // 1_000_000, UTC).replace(tzinfo=None),
+            us,
+        )
+    except MalformedEventError:
+        raise
+    except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:  # OSError: a timestamp out of range
+        raise MalformedEventError(f"not a change event: {type(exc).__name__}: {exc}") from None
+
+
+# ClickHouse refuses these because of the values in the rows: the same rows fail the same way every time.
+_DATA_ERRORS = frozenset(
+    {
+        ErrorCodes.CANNOT_PARSE_TEXT,
+        ErrorCodes.CANNOT_PARSE_QUOTED_STRING,
+        ErrorCodes.CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+        ErrorCodes.CANNOT_PARSE_DATE,
+        ErrorCodes.CANNOT_PARSE_DATETIME,
+        ErrorCodes.TYPE_MISMATCH,
+        ErrorCodes.ARGUMENT_OUT_OF_BOUND,
+        ErrorCodes.CANNOT_CONVERT_TYPE,
+        ErrorCodes.CANNOT_PARSE_NUMBER,
+        ErrorCodes.INCORRECT_DATA,
+        ErrorCodes.TOO_LARGE_STRING_SIZE,
+        ErrorCodes.VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE,
+        ErrorCodes.CANNOT_PARSE_UUID,
+    }
+)
+
+
+def refused_permanently(exc: BaseException) -> bool:
+    """True when ClickHouse (or the driver, encoding the rows) refused the insert because of its data.
+
+    Everything else — refused connections, timeouts, a server restarting, a missing table, errors we do not know — is
+    treated as transient and retried, never dead-lettered: parking a whole stream because of an outage would be worse
+    than waiting. LEAD: swap for the shared transient/permanent/poison classification of orderly.platform.errors once
+    it is on main (the "outage" helper's); keep the data-error codes above as this adapter's contribution.
+    """
+    if isinstance(exc, ClickHouseError):
+        return getattr(exc, "code", None) in _DATA_ERRORS
+    # The driver packs values itself: a value its column type cannot hold fails before anything is sent.
+    return isinstance(exc, (TypeError, ValueError, OverflowError))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +118,10 @@ class ChangeLog:
             return await asyncio.to_thread(self._client.execute, query, params)
 
     async def insert(self, payloads: Sequence[bytes]) -> int:
-        rows = [row_from_payload(p) for p in payloads]
-        await self._run(f"INSERT INTO {self._table} ({COLUMNS}) VALUES", rows)
+        return await self.insert_rows([row_from_payload(p) for p in payloads])
+
+    async def insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        await self._run(f"INSERT INTO {self._table} ({COLUMNS}) VALUES", list(rows))
         return len(rows)
 
     async def ping(self) -> bool:
