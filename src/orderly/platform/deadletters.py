@@ -70,6 +70,7 @@ class Replayed:
     target: str
     sent: bool
     note: str = ""
+    refused: bool = False  # only in `replay --all`, which goes on after a refusal
 
 
 class DeadLetterStore(Protocol):
