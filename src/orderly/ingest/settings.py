@@ -25,6 +25,7 @@ class IngestOptions(BaseModel):
     max_wait_ms: int = Field(default=5, ge=0)
     max_attempts: int = Field(default=5, ge=1)
     skip_poison: bool = False
+    dead_letters_refresh_s: float = Field(default=5.0, gt=0)
     burst: bool = False
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     daemon_name: str = "default"

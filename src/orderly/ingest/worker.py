@@ -10,15 +10,16 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import Counter, start_http_server
 
-from orderly.ingest import repository
+from orderly.ingest import deadletters, repository
 from orderly.ingest.broker import BROKER_ERRORS, declare_queues
 from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, PoisonMessageError
 from orderly.ingest.service import StoreFailedError, store_with_retry
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Session:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.lost = asyncio.Event()
         self.backoff = 0.1
+        self.confirming: AbstractChannel | None = None  # publishes dead letters; opened in run()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -172,15 +174,32 @@ class Session:
                 extra={"token": token, "delivery_tag": message.delivery_tag, "error": str(exc)},
             )
             raise PoisonMessageError(f"message {token} cannot be stored: {exc}") from exc
+        assert self.confirming is not None
+        try:
+            # The copy (with its reason) first, confirmed; the ack after. A crash in between parks it twice.
+            await deadletters.park(self.confirming, message=message, reason=str(exc), options=self.options)
+            await message.ack()
+        except BROKER_ERRORS as error:
+            raise ChannelLostError from error
         POISON.labels("dead_lettered").inc()
         log.error(
             "poison message dead-lettered (--skip-poison)",
             extra={"token": token, "queue": self.options.dead_letter_queue, "error": str(exc)},
         )
-        try:
-            await message.reject(requeue=False)
-        except BROKER_ERRORS as error:
-            raise ChannelLostError from error
+        await self.count_dead_letters()
+
+    async def count_dead_letters(self) -> None:
+        """Set orderly_dead_letters{service="ingest"} to the dead-letter queue's depth."""
+        if self.confirming is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                DEAD_LETTERS.labels("ingest").set(await deadletters.waiting(self.confirming, self.options))
+
+    async def watch_dead_letters(self) -> None:
+        """Refresh the dead-letter depth while the session lives (replays and other workers change it too)."""
+        while not self.lost.is_set():
+            await self.count_dead_letters()
+            if await self.shutdown.sleep(self.options.dead_letters_refresh_s):
+                return
 
     async def process(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Store the decodable run before a malformed message, deal with that one, continue with the rest."""
@@ -201,15 +220,23 @@ class Session:
         # Prefetch two batches so the next one is already here while this one commits.
         await channel.set_qos(prefetch_count=min(2 * self.options.batch_size, 65535))
         queue = await declare_queues(channel, self.options)
+        self.confirming = await connection.channel(publisher_confirms=True)
+        self.confirming.close_callbacks.add(self.on_close)
         await queue.consume(self.on_message, no_ack=False)
         log.info("consuming (single active consumer; a second worker waits as standby)", extra={"queue": queue.name})
-        while not self.shutdown.requested and not self.lost.is_set():
-            batch = await self.next_batch(queue)
-            if not batch:
-                continue
-            if batch[0].channel.is_closed:
-                raise ChannelLostError
-            await self.process(batch)
+        watcher = asyncio.create_task(self.watch_dead_letters())
+        try:
+            while not self.shutdown.requested and not self.lost.is_set():
+                batch = await self.next_batch(queue)
+                if not batch:
+                    continue
+                if batch[0].channel.is_closed:
+                    raise ChannelLostError
+                await self.process(batch)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 async def run_worker(settings: IngestSettings, shutdown: Shutdown) -> None:
