@@ -59,6 +59,9 @@ def _run(pipeline: Pipeline, work: Callable[[DeadLetterStore], Awaitable[T]]) ->
     except DeadLetterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # a broker that does not answer: one line, no traceback
+        typer.echo(f"error {pipeline.value}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _line(pipeline: str, letter: DeadLetter) -> str:

@@ -15,9 +15,11 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from orderly.notifier.deadletters import REPLAY_OF, DeadLetterCounter
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import NotifierSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DEAD_LETTERS
 from orderly.platform.pools import kafka_config
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Notifier:
         self.options = settings.notifier
         self.out = out
         self.printed = 0
+        self.dead_letters_changed = asyncio.Event()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info(
@@ -82,6 +85,7 @@ class Notifier:
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
         )
+        counting = asyncio.create_task(self._count_dead_letters(shutdown))
         try:
             consumer.subscribe([self.settings.events_topic()], on_assign=self._on_assign, on_revoke=self._on_revoke)
             log.info("notifier started", extra={"instance": self.options.instance, "group": self.settings.group_id()})
@@ -95,7 +99,31 @@ class Notifier:
                 if await self._handle(message, dlq, shutdown):
                     consumer.store_offsets(message=message)
         finally:
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
             await asyncio.to_thread(self._leave, consumer, dlq)
+
+    async def _count_dead_letters(self, shutdown: Shutdown) -> None:
+        """Keep orderly_dead_letters{service="notifier"} at the DLQ's waiting dead letters (all members agree)."""
+        counter = DeadLetterCounter(self.settings)
+        failing = False
+        try:
+            while not shutdown.requested:
+                try:
+                    DEAD_LETTERS.labels("notifier").set(await asyncio.to_thread(counter.count))
+                    failing = False
+                except (KafkaException, TimeoutError) as exc:
+                    if not failing:
+                        log.warning("could not count the DLQ's dead letters", extra={"error": str(exc)})
+                    failing = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.dead_letters_changed.wait(), timeout=self.options.dead_letters_refresh_seconds
+                    )
+                self.dead_letters_changed.clear()
+        finally:
+            await asyncio.to_thread(counter.close)
 
     def _leave(self, consumer: Consumer, dlq: Producer) -> None:
         dlq.flush(5)
@@ -107,10 +135,12 @@ class Notifier:
         """Process one message; True when its offset may be stored (printed, or parked in the DLQ)."""
         where = {"partition": message.partition(), "offset": message.offset(), "instance": self.options.instance}
         delay = self.options.backoff_seconds
+        last_error = ""
         for attempt in range(1, self.options.max_attempts + 1):
             try:
                 self._process(message)
             except (BadEventError, OSError) as exc:
+                last_error = str(exc)
                 # The cause is in the message; a traceback would only repeat it.
                 log.error("event processing failed", extra={**where, "attempt": attempt, "error": str(exc)})  # noqa: TRY400
             else:
@@ -121,7 +151,7 @@ class Notifier:
                 delay = min(delay * 2, self.options.backoff_max_seconds)
         while True:
             try:
-                await self._park(message, dlq, error=f"failed {self.options.max_attempts} times")
+                await self._park(message, dlq, error=f"failed {self.options.max_attempts} times: {last_error}")
             except ParkingFailedError as exc:
                 log.error("could not park the event in the DLQ", extra={**where, "error": str(exc)})  # noqa: TRY400
                 if await shutdown.sleep(self.options.backoff_max_seconds):
@@ -132,7 +162,11 @@ class Notifier:
     def _process(self, message: Message) -> None:
         event = parse_event(message.value())
         line = render_line(
-            event, partition=message.partition() or 0, offset=message.offset() or 0, instance=self.options.instance
+            event,
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            instance=self.options.instance,
+            replayed=any(key == REPLAY_OF for key, _ in message.headers() or []),
         )
         self.out.write(line + "\n")
         self.out.flush()
@@ -161,6 +195,7 @@ class Notifier:
         remaining = await asyncio.to_thread(dlq.flush, 10)
         if remaining or errors:
             raise ParkingFailedError(str(errors[0]) if errors else "DLQ flush timed out")
+        self.dead_letters_changed.set()
         log.warning(
             "event parked in the DLQ",
             extra={"partition": message.partition(), "offset": message.offset(), "dlq": self.settings.dlq_topic()},

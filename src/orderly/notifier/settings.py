@@ -24,6 +24,8 @@ class NotifierOptions(BaseModel):
     # Stored offsets are committed in the background this often, and always on revoke and on shutdown.
     commit_interval_ms: int = Field(default=1000, ge=10)
     poll_seconds: float = Field(default=0.5, gt=0, le=5)
+    # orderly_dead_letters is re-read this often (the DLQ is read again only when its end offsets moved).
+    dead_letters_refresh_seconds: float = Field(default=10.0, gt=0, le=3600)
 
 
 class NotifierSettings(OrderlySettings):
