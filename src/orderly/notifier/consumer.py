@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from orderly.notifier.deadletters import REPLAY_OF, DeadLetterCounter
+from orderly.notifier.deadletters import REPLAY_OF, DeadLetterCounter, header_pairs
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import NotifierSettings
 from orderly.platform.lifecycle import Shutdown
@@ -166,7 +166,7 @@ class Notifier:
             partition=message.partition() or 0,
             offset=message.offset() or 0,
             instance=self.options.instance,
-            replayed=any(key == REPLAY_OF for key, _ in message.headers() or []),
+            replayed=any(key == REPLAY_OF for key, _ in header_pairs(message)),
         )
         self.out.write(line + "\n")
         self.out.flush()

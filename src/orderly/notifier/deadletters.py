@@ -31,8 +31,15 @@ REPLAYED = "orderly.replayed"  # on a marker in the DLQ: the dead letter that wa
 READ_TIMEOUT_S = 30.0
 
 
+def header_pairs(message: Message) -> list[tuple[str, bytes]]:
+    """A message's headers as (name, value) pairs, whatever shape the client handed them over in."""
+    raw: Any = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs]
+
+
 def _headers(message: Message) -> dict[str, str]:
-    return {key: (value or b"").decode(errors="replace") for key, value in (message.headers() or [])}
+    return {key: value.decode(errors="replace") for key, value in header_pairs(message)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +226,10 @@ class NotifierDeadLetters:
             if err is not None:
                 errors.append(err)
 
-        extra = {} if partition is None else {"partition": partition}
-        self._producer.produce(topic, on_delivery=delivered, **message, **extra)
+        if partition is None:
+            self._producer.produce(topic, on_delivery=delivered, **message)
+        else:
+            self._producer.produce(topic, partition=partition, on_delivery=delivered, **message)
         remaining = await asyncio.to_thread(self._producer.flush, 30)
         if remaining or errors:
             raise ConnectionError(f"Kafka did not acknowledge the message to {topic}: {errors or 'flush timed out'}")
