@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
+from orderly.items.deadletters import waiting
 from orderly.items.settings import ItemsSettings
 from tests.integration.items.support import items_env, items_settings, wait_until
 from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port
@@ -167,3 +169,9 @@ async def test_no_change_is_lost_when_nats_restarts_and_clickhouse_stops_for_fiv
 
         await assert_logged_exactly(client, changes.events, within=120)
     assert any("ClickHouse insert failed" in line for line in audit.errors), "the outage was seen by the audit"
+    assert not any("parked" in line for line in audit.errors), "an outage is waited out, never dead-lettered"
+    nc = await nats.connect(settings.nats.url())
+    try:
+        assert await waiting(nc.jetstream(), settings.dead_letter_stream_name) == 0
+    finally:
+        await nc.close()
