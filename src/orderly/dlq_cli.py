@@ -79,12 +79,19 @@ def list_command(
 ) -> None:
     """The dead letters waiting, oldest first: pipeline, id, parked at, source, reason."""
     pipelines = [pipeline] if pipeline else list(Pipeline)
+    failed = False
     for name in pipelines:
-        letters = _run(name, lambda store: store.list())
+        try:
+            letters = _run(name, lambda store: store.list())
+        except typer.Exit:  # its error is printed; the other pipelines are still listed
+            failed = True
+            continue
         for letter in letters:
             typer.echo(json.dumps({"pipeline": name.value, **letter.summary()}) if as_json else _line(name, letter))
         if not as_json:
             typer.echo(f"{name.value}: {len(letters)} dead letter{'s' * (len(letters) != 1)} waiting", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("show")

@@ -19,9 +19,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from orderly.ingest.broker import DEAD_LETTER_EXCHANGE, declare_queues
+from orderly.ingest.broker import DEAD_LETTER_EXCHANGE
 from orderly.ingest.domain import AcceptedRequest, MalformedMessageError
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.platform.deadletters import DeadLetter, DeadLetterNotFoundError, Replayed, ReplayRefusedError
@@ -99,7 +100,6 @@ class IngestDeadLetters:
     async def __aenter__(self) -> Self:
         self._connection = await aio_pika.connect(self.settings.rabbitmq.url(), timeout=10)
         self._confirming = await self._connection.channel(publisher_confirms=True)
-        await declare_queues(self._confirming, self.options)
         return self
 
     async def __aexit__(
@@ -114,13 +114,18 @@ class IngestDeadLetters:
         assert self._connection is not None, "use the store in `async with`"
         channel = await self._connection.channel()
         try:
-            queue: AbstractQueue = await channel.declare_queue(self.options.dead_letter_queue, passive=True)
+            try:
+                queue: AbstractQueue = await channel.declare_queue(self.options.dead_letter_queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:  # no worker ever ran here: nothing was parked
+                yield []
+                return
             taken: list[AbstractIncomingMessage] = []
             while (message := await queue.get(no_ack=False, fail=False)) is not None:
                 taken.append(message)
             yield taken
         finally:
-            await channel.close()
+            if not channel.is_closed:
+                await channel.close()
 
     async def list(self) -> list[DeadLetter]:
         async with self._browse() as taken:

@@ -110,7 +110,6 @@ class ItemsDeadLetters:
 
     async def __aenter__(self) -> Self:
         self._nc = await nats.connect(self.settings.nats.url(), connect_timeout=5, max_reconnect_attempts=2)
-        await ensure_dead_letter_stream(self.js, self.settings)
         return self
 
     async def __aexit__(
@@ -121,7 +120,10 @@ class ItemsDeadLetters:
                 await self._nc.close()
 
     async def list(self) -> list[DeadLetter]:
-        state = (await self.js.stream_info(self.dead_stream)).state
+        try:
+            state = (await self.js.stream_info(self.dead_stream)).state
+        except NotFoundError:  # no audit or migration ever ran here: nothing was parked
+            return []
         letters = []
         if state.messages:
             for sequence in range(state.first_seq, state.last_seq + 1):
