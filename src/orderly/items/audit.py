@@ -79,9 +79,11 @@ async def insert_until_taken(
     while True:
         try:
             inserted = await changelog.insert_rows(rows)
-        except CLICKHOUSE_TRANSIENT as exc:
-            if refused_permanently(exc):
+        except (*CLICKHOUSE_TRANSIENT, TypeError, ValueError, OverflowError) as exc:
+            if refused_permanently(exc):  # the driver encoding a value, or a server data error
                 raise RefusedError(f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(exc, CLICKHOUSE_TRANSIENT):
+                raise
             delay = backoff.delay()
             log.warning("ClickHouse insert failed, events wait", extra={"error": repr(exc), "retry_in_s": delay})
             # Keep the messages ours while we wait, so JetStream does not hand them out again meanwhile.
