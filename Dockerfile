@@ -7,7 +7,8 @@ ENV PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     PATH=/app/.venv/bin:$PATH
 
-RUN pip install --no-cache-dir uv && useradd --system --create-home orderly
+# A numeric user, so that Kubernetes can verify runAsNonRoot (deploy/k8s runs it as 10001).
+RUN pip install --no-cache-dir uv && useradd --system --uid 10001 --user-group --create-home orderly
 WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall them.
@@ -16,6 +17,6 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src
 RUN uv sync --frozen --no-dev
 
-USER orderly
+USER 10001:10001
 ENTRYPOINT ["orderly"]
 CMD ["--help"]

@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := uv
 RUN := $(UV) run --frozen
 
-.PHONY: help setup up demo down status test lint fmt
+.PHONY: help setup up demo drill down status test lint fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,11 +19,14 @@ up: setup ## start the local stack and every service; Ctrl-C stops them
 demo: setup ## against the running system (started when needed), prove each promise: PASS or FAIL with evidence
 	$(RUN) orderly demo
 
+drill: setup ## against the running system (started when needed), kill processes and restart servers under load: PASS or FAIL per pipeline
+	$(RUN) orderly drill
+
 down: setup ## stop every server of the local stack
 	$(RUN) orderly stack down
 
-status: setup ## the local stack's servers, versions, ports and readiness
-	$(RUN) orderly stack status
+status: setup ## every process, server and pipeline at a glance (`orderly status --watch` keeps it live)
+	$(RUN) orderly status
 
 test: setup ## lint, start the stack when needed, run every test against the real servers
 	$(RUN) orderly stack up

@@ -341,6 +341,71 @@ async def api_throughput(settings: InfraSettings, *, workers: int) -> dict[str, 
     }
 
 
+ENTRY_CLIENTS = 16
+
+
+def closed_loop(send: Any, *, clients: int, seconds: float) -> int:
+    """``clients`` threads, each sending one request at a time for ``seconds``; how many were accepted."""
+    counts = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with send() as one:
+            while time.monotonic() < deadline:
+                one()
+                counts[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
+
+
+async def entries(settings: InfraSettings) -> dict[str, Any]:
+    """STOMP accepted/s against HTTP accepted/s, same client shape: closed-loop Python clients, one request each
+    in flight, waiting for the acceptance (the RECEIPT, the 202) before the next."""
+    from contextlib import contextmanager
+
+    from orderly.ingest.client import StompSender
+    from orderly.ingest.settings import IngestSettings
+
+    port = 18170
+    api = Proc("api", ["ingest", "api", "--port", str(port)], env_for(settings)).start()
+    ingest = IngestSettings(rabbitmq=settings.rabbitmq, postgres=settings.postgres)
+    try:
+        await asyncio.to_thread(wait_ready, port)
+
+        @contextmanager
+        def http_client() -> Any:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+
+                def one() -> None:
+                    assert client.get("/ingest?n=7&n=-3&n=42").status_code == 202
+
+                yield one
+
+        @contextmanager
+        def stomp_client() -> Any:
+            with StompSender(ingest) as sender:
+                yield lambda: sender.send([7, -3, 42])
+
+        http = await asyncio.to_thread(closed_loop, http_client, clients=ENTRY_CLIENTS, seconds=API_SECONDS)
+        stomp = await asyncio.to_thread(closed_loop, stomp_client, clients=ENTRY_CLIENTS, seconds=API_SECONDS)
+    finally:
+        api.stop()
+    async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
+        channel = await connection.channel()
+        await (await channel.get_queue(QUEUE)).purge()
+    return {
+        "clients": ENTRY_CLIENTS,
+        "seconds": API_SECONDS,
+        "http_accepted_req_per_s": round(http / API_SECONDS, 1),
+        "stomp_accepted_req_per_s": round(stomp / API_SECONDS, 1),
+    }
+
+
 RATE_SCRIPT = """
 local counter = 0
 request = function()
@@ -446,6 +511,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"{api['api_cpu_s_per_1000']} CPU s/1000 (all processes); "
             f"peak RSS {max(api['api_peak_rss_mb'].values())} MB (largest process) |"
         )
+    if entry := results.get("entries"):
+        lines.append(
+            f"| STOMP vs HTTP accepted, {entry['clients']} closed-loop Python clients each, {entry['seconds']} s | "
+            f"STOMP {entry['stomp_accepted_req_per_s']:.0f} req/s (RECEIPT), "
+            f"HTTP {entry['http_accepted_req_per_s']:.0f}"
+            f" req/s (202): {entry['stomp_accepted_req_per_s'] / entry['http_accepted_req_per_s']:.2f}x |"
+        )
     for d in results["drain"]:
         lines.append(
             f"| worker drain, batch_size={d['batch_size']}, {d['backlog']} backlog | "
@@ -489,6 +561,9 @@ async def main() -> None:
         for workers in (1, 2):
             results["api"].append(await api_throughput(settings, workers=workers))
             print(results["api"][-1], flush=True)
+        print("entries (STOMP vs HTTP) …", flush=True)
+        results["entries"] = await entries(settings)
+        print(results["entries"], flush=True)
         # The API phase left its accepted requests queued (no worker was running); the latency phase starts empty.
         async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
             channel = await connection.channel()
@@ -504,5 +579,20 @@ async def main() -> None:
     print(markdown(results))
 
 
+async def entries_only() -> None:
+    """`python -m bench.ingest entries`: only the STOMP-vs-HTTP phase, merged into the last results."""
+    base = InfraSettings()
+    settings = await prepare(base)
+    try:
+        measured = await entries(settings)
+    finally:
+        await cleanup(base)
+    print(measured, flush=True)
+    results = json.loads((RESULTS / "ingest.json").read_text())
+    results["entries"] = {**measured, "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "ingest.md").write_text(markdown(results))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(entries_only() if sys.argv[1:] == ["entries"] else main())

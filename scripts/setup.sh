@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(postgresql-15 mariadb-server mariadb-client redis-server rabbitmq-server nats-server clickhouse-server
+PACKAGES=(postgresql-15 mariadb-server mariadb-client redis-server rabbitmq-server nats-server clickhouse-server prometheus
           default-jre-headless maven curl procps iproute2 wrk docker-compose)
 say() { printf 'setup: %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,6 +28,15 @@ if [ ! -f "$stamp" ] || [ "$(sha256sum "$POM" | cut -d' ' -f1)" != "$(cat "$stam
   rm -rf "$KAFKA_LIBS" && mkdir -p "$KAFKA_LIBS"
   mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$KAFKA_LIBS"
   sha256sum "$POM" | cut -d' ' -f1 > "$stamp"
+fi
+
+# kustomize renders the Kubernetes manifests (deploy/k8s) for their offline validation in `make test`.
+KUSTOMIZE_VERSION=v5.7.1
+KUSTOMIZE=.stack/bin/kustomize
+if [ ! -x "$KUSTOMIZE" ] || [ "$("$KUSTOMIZE" version 2>/dev/null)" != "$KUSTOMIZE_VERSION" ]; then
+  command -v go >/dev/null 2>&1 || { say "error: Go is needed to build kustomize (go install)"; exit 1; }
+  say "building kustomize $KUSTOMIZE_VERSION with go install"
+  GOBIN="$PWD/.stack/bin" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi
 
 if ! command -v uv >/dev/null 2>&1; then

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Namespace, Processes, ScratchStack, ensure_stack_up
+from tests.plumbing import Namespace, Processes, RunningSystem, ScratchStack, ensure_stack_up
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +50,14 @@ def processes() -> Iterator[Processes]:
     spawned = Processes()
     yield spawned
     spawned.stop_all()
+
+
+@pytest.fixture(scope="module")
+def running_system(stack: InfraSettings) -> Iterator[RunningSystem]:
+    """The whole system under `orderly up`, on a private stack and private ports, ready; stopped after the module."""
+    system = RunningSystem()
+    try:
+        system.wait_ready()
+        yield system
+    finally:
+        system.remove()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,23 +30,17 @@ class Loms:
         return infra_env(self.infra)
 
 
-async def prepare(namespace: Namespace, name: str, *, kafka: Any = None) -> Loms:
+async def prepare(namespace: Namespace, name: str, *, kafka: Any = None, postgres: Any = None) -> Loms:
+    """``kafka`` and ``postgres``: a scratch server's settings to use instead of the shared one's."""
     infra = await namespace.settings(name)
     if kafka is not None:
         infra = infra.model_copy(update={"kafka": kafka.model_copy(update={"topic_prefix": infra.kafka.topic_prefix})})
+    if postgres is not None:
+        infra = infra.model_copy(update={"postgres": postgres.model_copy(update={"database": infra.postgres.database})})
     settings = LomsSettings(postgres=infra.postgres, kafka=infra.kafka)
     await migrate(settings.postgres)
     await asyncio.to_thread(init_topics, settings)
     return Loms(infra, settings)
-
-
-async def eventually(condition: Callable[[], bool], *, within: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def notifier_lines(process: Spawned) -> list[dict[str, Any]]:

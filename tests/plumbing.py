@@ -7,12 +7,19 @@ prefix. Everything a run created is dropped when it ends (``ORDERLY_TEST_KEEP=1`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncmy
@@ -25,6 +32,28 @@ from starlette.types import ASGIApp, Message, Scope
 
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
+from orderly.platform.supervisor import Program
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` (plain or async) until it holds; fail naming ``what`` once ``within`` seconds passed.
+
+    The one way tests wait for a condition: never a bare sleep, always a condition with a deadline.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def ensure_stack_up() -> None:
@@ -44,6 +73,7 @@ class Namespace:
     mysql_databases: list[str] = field(default_factory=list)
     vhosts: list[str] = field(default_factory=list)
     ch_databases: list[str] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
 
     @property
     def prefix(self) -> str:
@@ -51,6 +81,9 @@ class Namespace:
 
     async def settings(self, name: str = "main") -> InfraSettings:
         """Settings whose every resource is fresh and private to this run (one set per ``name``)."""
+        if name in self.names:
+            raise ValueError(f"namespace name {name!r} is already taken in this run; give each test its own")
+        self.names.add(name)
         tag = f"{self.prefix}_{name}"
         await self._create_pg(tag)
         await self._create_mysql(tag)
@@ -213,8 +246,10 @@ class ScratchStack:
             "ORDERLY_RABBITMQ__MANAGEMENT_PORT": str(p()),
             "ORDERLY_RABBITMQ__DISTRIBUTION_PORT": str(p()),
             "ORDERLY_RABBITMQ__EPMD_PORT": str(p()),
+            "ORDERLY_RABBITMQ__STOMP_PORT": str(p()),
             "ORDERLY_KAFKA__PORT": str(p()),
             "ORDERLY_KAFKA__CONTROLLER_PORT": str(p()),
+            "ORDERLY_PROMETHEUS__PORT": str(p()),
         }
         # The scratch Kafka reuses the jars the shared stack resolved.
         lib = shared / "lib"
@@ -286,13 +321,14 @@ def infra_env(settings: InfraSettings) -> dict[str, str]:
 class Spawned:
     """A process of ours (``python -m orderly …``) started by a test: its stdout is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, module: str = "orderly") -> None:
         import threading
 
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orderly", *args],
-            env={**os.environ, "ORDERLY_LOG__FORMAT": "json", **env},
+            [sys.executable, "-m", module, *args],
+            # The repository root on the path, so a test-only entry module (tests.faults...) imports from any cwd.
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "ORDERLY_LOG__FORMAT": "json", **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -311,10 +347,8 @@ class Spawned:
         for line in stream:
             into.append(line.rstrip("\n"))
 
-    def wait_http_ready(self, port: int, *, timeout: float = 30) -> None:
+    def wait_http_ready(self, port: int, *, timeout: float = 120) -> None:
         """Wait until GET /readyz answers 200; fail with the process's stderr if it dies or never gets ready."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -369,11 +403,141 @@ class Processes:
 
     spawned: list[Spawned] = field(default_factory=list)
 
-    def start(self, *args: str, env: dict[str, str]) -> Spawned:
-        process = Spawned(list(args), env)
+    def start(self, *args: str, env: dict[str, str], module: str = "orderly") -> Spawned:
+        """``python -m orderly <args>`` (or a test-only entry ``module`` such as ``tests.faults.sums_crash``)."""
+        process = Spawned(list(args), env, module=module)
         self.spawned.append(process)
         return process
 
     def stop_all(self) -> None:
         for process in reversed(self.spawned):
             process.stop()
+
+
+class RunningSystem:
+    """`orderly up` as a person runs it, but private: its own stack copy, its own server ports, its own process ports.
+
+    ``ORDERLY_UP__PORT_OFFSET`` moves every process port (and the supervisor's) by an offset whose ports are free, and
+    the servers are a scratch stack under ``.stack/scratch/``, so this runs beside the shared stack, a person's
+    `make up` and other test runs. ``extra`` programs run beside the services' processes (e.g. one that crash-loops).
+    """
+
+    def __init__(self, *, extra: Sequence[Program] = (), name: str = "up") -> None:
+        import threading
+
+        from orderly.stack.servers import ALL_SERVERS
+
+        self.extra = [program.name for program in extra]
+        self.scratch = ScratchStack(name, [server.name for server in ALL_SERVERS])
+        self.offset = _free_offset()
+        self.env = {**os.environ, **self.scratch.env, "ORDERLY_UP__PORT_OFFSET": str(self.offset)}
+        extra_json = json.dumps([{"name": p.name, "argv": list(p.argv)} for p in extra])
+        launcher = (
+            "import json, sys\n"
+            "from orderly.platform.supervisor import Program\n"
+            "from orderly.runner import up\n"
+            "extra = [Program(p['name'], tuple(p['argv'])) for p in json.loads(sys.argv[1])]\n"
+            "sys.exit(up(extra=extra))\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, extra_json],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def supervisor_url(self) -> str:
+        from orderly.platform.processes import SUPERVISOR_PORT
+
+        return f"http://127.0.0.1:{SUPERVISOR_PORT + self.offset}"
+
+    def port(self, usual: int) -> int:
+        """Where a process that usually listens on ``usual`` listens in this system."""
+        return usual + self.offset
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's /status, by process name."""
+        answer = httpx.get(f"{self.supervisor_url}/status", timeout=5)
+        answer.raise_for_status()
+        return {p["name"]: p for p in answer.json()["processes"]}
+
+    def wait_until(self, what: str, condition: Callable[[], bool], *, timeout: float) -> float:
+        """Poll ``condition`` until it holds; returns the seconds it took. Fails with the stream's tail otherwise."""
+        import time
+
+        began = time.monotonic()
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if condition():
+                    return time.monotonic() - began
+            if self.proc.poll() is not None or time.monotonic() - began > timeout:
+                tail = "\n".join(self.lines[-60:])
+                raise AssertionError(f"{what}: not within {timeout:.0f} s (orderly up exit {self.proc.poll()})\n{tail}")
+            time.sleep(0.05)
+
+    def wait_ready(self, *, timeout: float = 600) -> None:
+        """Every service process running (an API: answering /healthz) and every API answering /readyz."""
+
+        def ready() -> bool:
+            processes = [p for p in self.status().values() if p["name"] not in self.extra]
+            if not processes or any(p["state"] != "running" for p in processes):
+                return False
+            return all(
+                httpx.get(f"http://127.0.0.1:{p['probe_port']}/readyz", timeout=2).status_code == 200
+                for p in processes
+                if p["probe_port"] is not None
+            )
+
+        self.wait_until("the system got ready", ready, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGINT, *, timeout: float = 240) -> int:
+        """Send ``sig`` to `orderly up` and wait for it to end; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(30)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+    def remove(self) -> None:
+        self.stop()
+        self.scratch.remove()
+
+
+def _free_offset() -> int:
+    """A random ORDERLY_UP__PORT_OFFSET whose every process port (and the supervisor's) is free right now."""
+    import random
+    import socket
+
+    from orderly.platform.processes import SUPERVISOR_PORT
+    from orderly.runner import service_processes
+
+    usual = [SUPERVISOR_PORT] + [
+        port for spec in service_processes() for port in (spec.http_port, spec.health_port) if port is not None
+    ]
+    for _ in range(50):
+        offset = random.randrange(1000, 10_000, 10)
+        ports = [port + offset for port in usual]
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return offset
+    raise RuntimeError("no free port offset for a private `orderly up`")

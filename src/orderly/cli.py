@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from orderly import dlq_cli
 from orderly.ingest import cli as ingest_cli
@@ -54,6 +56,18 @@ def init_command() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("status")
+def status_command(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the screen live until Ctrl-C.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Every process (state, PID, uptime, restarts, health), every server, every pipeline's throughput and lag."""
+    from orderly.status import show
+
+    show(watch=watch, as_json=as_json, interval=interval)
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Prove each headline promise against the running system (started when needed): PASS or FAIL with evidence."""
@@ -62,5 +76,48 @@ def demo_command() -> None:
     raise typer.Exit(demo())
 
 
+@app.command("drill")
+def drill_command(
+    *,
+    pipelines: Annotated[
+        str, typer.Option(help="Comma-separated pipelines to drill: ingest, sums, items, loms.")
+    ] = "ingest,sums,items,loms",
+    faults: Annotated[
+        str, typer.Option(help="local: kill processes and restart servers on this machine; none: load and checks only.")
+    ] = "local",
+    clients: Annotated[int, typer.Option(min=1, max=64, help="Concurrent clients per pipeline.")] = 3,
+    rate: Annotated[float, typer.Option(min=0.1, max=1000, help="Requests a second per client, at most.")] = 10.0,
+    settle: Annotated[
+        float,
+        typer.Option(min=0, max=60, help="Seconds of load before the first fault, between faults, after the last."),
+    ] = 2.0,
+    duration: Annotated[float, typer.Option(min=1, max=3600, help="Seconds of load with --faults none.")] = 30.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder with each process's output as <process>.log (default: where `orderly up` keeps it)."),
+    ] = None,
+) -> None:
+    """Kill processes and restart servers under load, then check every promise: PASS or FAIL per pipeline."""
+    from orderly.drill import PIPELINES, Options, drill
+
+    chosen = [name.strip() for name in pipelines.split(",") if name.strip()]
+    known = [p.name for p in PIPELINES]
+    if not chosen or set(chosen) - set(known):
+        raise typer.BadParameter(f"choose from {', '.join(known)}; got {pipelines!r}", param_hint="--pipelines")
+    if faults not in ("local", "none"):
+        raise typer.BadParameter(f"local or none; got {faults!r}", param_hint="--faults")
+    options = Options(
+        pipelines=chosen, faults=faults == "local", clients=clients, rate=rate, settle=settle, duration=duration
+    )
+    raise typer.Exit(drill(options, output=output))
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:
+        # A bad flag, variable or file entry: name each field and exit like any other usage error.
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"error: invalid setting {field}: {error['msg']}", err=True)
+        raise SystemExit(2) from None

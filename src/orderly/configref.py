@@ -19,6 +19,7 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS: list[tuple[str, type[OrderlySettings], set[str] | None]] = [
     ("Servers (every process; the defaults are the local stack's)", InfraSettings, None),
     ("HTTP and logging (every process)", OrderlySettings, None),
+    ("Probes of the background processes (workers, relays, consumers, daemon)", IngestSettings, {"probe"}),
     ("ingest", IngestSettings, {"ingest"}),
     ("sums", SumsSettings, {"sums"}),
     ("items", ItemsSettings, {"items"}),

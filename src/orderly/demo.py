@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,9 +19,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from orderly.platform.processes import ProcessSpec
-from orderly.runner import all_processes, output_dir, wait_ready
-from orderly.stack.manager import Stack
+from orderly.attach import SystemNotReadyError, attached
 
 console = Console(highlight=False)
 INGEST, SUMS, ITEMS, LOMS = 8101, (8201, 8202, 8203), 8301, 8401
@@ -90,20 +85,40 @@ async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verd
     await asyncio.gather(*(send(n) for n in range(1, 1001)))
     verdict.check(len(timings) == 1000, f"{len(timings)}/1000 requests accepted (202)")
 
+    await check_printed_in_order(verdict, files, timings, expected=1000)
+    return verdict
+
+
+async def check_printed_in_order(
+    verdict: Verdict, files: OutputFiles, timings: dict[str, tuple[float, float]], *, expected: int, note: str = ""
+) -> None:
+    """Every accepted token reaches the daemon's output, and none before one accepted before it was sent."""
     first_seen: dict[str, int] = {}
 
     async def all_out() -> bool:
         first_seen.clear()
-        events: dict[int, dict[str, Any]] = {}
-        for _, record in files.records("event_id"):
-            events.setdefault(record["event_id"], record)  # output is at-least-once: drop repeats by event_id
-        for event_id in sorted(events):
-            first_seen.setdefault(str(events[event_id]["token"]), event_id)
+        first_seen.update(daemon_first_seen(files))
         return all(token in first_seen for token in timings)
 
     arrived = await poll(all_out, within=30)
-    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/1000 tokens in the daemon's output")
-    # For any two requests where one's response came before the other was sent, the first must come out first.
+    verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/{expected} tokens in the daemon's output")
+    violations, pairs = order_violations(timings, first_seen)
+    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs{note}")
+
+
+def daemon_first_seen(files: OutputFiles) -> dict[str, int]:
+    """Each token's first event id in the daemon's output (the output is at-least-once: repeats dropped)."""
+    events: dict[int, dict[str, Any]] = {}
+    for _, record in files.records("event_id"):
+        events.setdefault(record["event_id"], record)
+    first_seen: dict[str, int] = {}
+    for event_id in sorted(events):
+        first_seen.setdefault(str(events[event_id]["token"]), event_id)
+    return first_seen
+
+
+def order_violations(timings: dict[str, tuple[float, float]], first_seen: dict[str, int]) -> tuple[int, int]:
+    """(violations, pairs): a request accepted before another was sent must come out first."""
     by_response = sorted(timings.items(), key=lambda kv: kv[1][1])
     by_send = sorted(timings.items(), key=lambda kv: kv[1][0])
     violations, pairs, best, i = 0, 0, -1, 0
@@ -114,7 +129,49 @@ async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verd
         pairs += i
         if token in first_seen and best > first_seen[token]:
             violations += 1
-    verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs")
+    return violations, pairs
+
+
+async def ingest_over_stomp(http: httpx.AsyncClient, out: Path) -> Verdict:
+    verdict = Verdict("ingest over STOMP: RECEIPTs and 202s share one order; a bad frame is parked, the line goes on")
+    from orderly.ingest.client import StompSender
+    from orderly.ingest.settings import IngestSettings
+
+    settings = IngestSettings()
+    files = OutputFiles(out, ["ingest-daemon"])
+    timings: dict[str, tuple[float, float]] = {}
+
+    def stomp_client(first: int) -> None:
+        with StompSender(settings) as sender:
+            for n in range(first, first + 25):
+                sent = time.monotonic()
+                token = sender.send([n, -n])
+                timings[str(token)] = (sent, time.monotonic())
+
+    async def http_client(first: int) -> None:
+        for n in range(first, first + 25):
+            sent = time.monotonic()
+            response = await http.get(f"http://127.0.0.1:{INGEST}/ingest", params={"n": [n, -n]})
+            if response.status_code == 202:
+                timings[response.json()["token"]] = (sent, time.monotonic())
+
+    workers = OutputFiles(out, ["ingest-worker-1", "ingest-worker-2"])
+
+    def send_bad_frame() -> None:
+        with StompSender(settings) as sender:
+            sender.send_frame("[1]", {})  # no token header: the broker takes it, the worker parks it
+
+    await asyncio.to_thread(send_bad_frame)
+    await asyncio.gather(
+        *(asyncio.to_thread(stomp_client, 10_000 + 100 * c) for c in range(4)),
+        *(http_client(20_000 + 100 * c) for c in range(4)),
+    )
+    verdict.check(len(timings) == 200, f"{len(timings)}/200 accepted (100 RECEIPTs over STOMP, 100 202s over HTTP)")
+    await check_printed_in_order(verdict, files, timings, expected=200, note=", both protocols")
+    parked = [r for _, r in workers.records("reason") if str(r.get("reason", "")).startswith("missing token")]
+    verdict.check(
+        len(parked) == 1, f"the frame without a token was dead-lettered: {parked[0]['reason'] if parked else 'no'}"
+    )
     return verdict
 
 
@@ -209,10 +266,6 @@ async def loms_events_in_order(http: httpx.AsyncClient, out: Path) -> Verdict:
     return verdict
 
 
-def system_is_up(specs: list[ProcessSpec]) -> bool:
-    return not wait_ready(specs, timeout=2)
-
-
 async def guarded(promise: str, check: Awaitable[Verdict]) -> Verdict:
     """A check that crashes is a FAIL with the error as its evidence, never a traceback."""
     try:
@@ -227,6 +280,7 @@ async def tour(out: Path) -> list[Verdict]:
     async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64)) as http:
         return [
             await guarded("ingest", ingest_in_acceptance_order(http, out)),
+            await guarded("ingest over STOMP", ingest_over_stomp(http, out)),
             await guarded("sums", sums_applied_once(http)),
             await guarded("items", items_cache_and_change_log(http)),
             await guarded("loms", loms_events_in_order(http, out)),
@@ -235,25 +289,12 @@ async def tour(out: Path) -> list[Verdict]:
 
 def demo() -> int:
     started = time.monotonic()
-    stack = Stack()
-    specs = [spec for spec in all_processes() if not spec.init]
-    runner: subprocess.Popen[bytes] | None = None
-    if not system_is_up(specs):
-        console.print("the system is not running: starting `orderly up` (its output goes to .stack/run/up.log)")
-        output_dir(stack).mkdir(parents=True, exist_ok=True)
-        with (output_dir(stack) / "up.log").open("ab") as log:
-            runner = subprocess.Popen([sys.executable, "-m", "orderly", "up"], stdout=log, stderr=subprocess.STDOUT)
-        if wait_ready(specs, timeout=180):
-            console.print("[red]the system did not get ready; see .stack/run/up.log[/]")
-            runner.send_signal(signal.SIGINT)
-            runner.wait(120)
-            return 1
     try:
-        verdicts = asyncio.run(tour(output_dir(stack)))
-    finally:
-        if runner is not None:
-            runner.send_signal(signal.SIGINT)
-            runner.wait(120)
+        with attached(announce=console.print) as system:
+            verdicts = asyncio.run(tour(system.output))
+    except SystemNotReadyError as error:
+        console.print(f"[red]the system did not get ready ({error}); see .stack/run/up.log[/]")
+        return 1
     for verdict in verdicts:
         console.print(
             f"[bold {'green' if verdict.ok else 'red'}]{'PASS' if verdict.ok else 'FAIL'}[/] {verdict.promise}"

@@ -1,44 +1,47 @@
-"""`orderly up`: the local stack plus every process of every service, in one prefixed, coloured log stream.
+"""`orderly up`: the local stack plus every process of every service, supervised, in one prefixed, coloured stream.
 
 Init steps (migrations, topics) run first, one after another, and must succeed. The long-running processes then run
-under honcho's process manager; when one dies or Ctrl-C arrives, they are stopped in reverse start order, each given
-time to drain, and finally the servers this command started (not those it found running) are stopped too.
+under the supervisor (``platform/supervisor.py``): a process that dies is restarted with backoff while the others keep
+running, a crash-looping one is marked failed, and only Ctrl-C or SIGTERM stops everything, in reverse start order,
+each process drained. Finally the servers this command started (not those it found running) are stopped too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 import httpx
-import psutil
-from honcho.manager import Manager
+from honcho.colour import get_colours
 from honcho.printer import Message, Printer
 from rich.console import Console
 from rich.table import Table
 
-from orderly.platform.processes import ProcessSpec
+from orderly.platform.processes import SUPERVISOR_PORT, ProcessSpec, port_offset, with_port_offset
 from orderly.platform.settings import InfraSettings
+from orderly.platform.supervisor import Program, StatusServer, Supervisor, supervise
 from orderly.stack.base import StackError
 from orderly.stack.manager import Stack
 
 DRAIN_SECONDS = 12.0  # a process gets this long after SIGTERM before SIGKILL (services promise 10 s)
 READY_TIMEOUT = 90.0
+SYSTEM = "system"  # the name the supervisor's own lines carry in the stream
 
 console = Console(highlight=False)
 
 
 def all_processes() -> list[ProcessSpec]:
-    """Every service's processes, in start order (each service module lists its own)."""
+    """Every service's processes, in start order (each service module lists its own), on their usual ports."""
     specs: list[ProcessSpec] = []
     for provider in _providers():
         specs.extend(provider())
@@ -46,6 +49,17 @@ def all_processes() -> list[ProcessSpec]:
     if len(set(names)) != len(names):
         raise ValueError(f"process names must be unique: {names}")
     return specs
+
+
+def service_processes() -> list[ProcessSpec]:
+    """The long-running processes `orderly up` runs, every port moved by ``ORDERLY_UP__PORT_OFFSET``."""
+    offset = port_offset()
+    return [with_port_offset(spec, offset) for spec in all_processes() if not spec.init]
+
+
+def supervisor_port() -> int:
+    """Where `orderly up` answers /status and /metrics."""
+    return SUPERVISOR_PORT + port_offset()
 
 
 def _providers() -> list[Callable[[], list[ProcessSpec]]]:
@@ -69,15 +83,15 @@ def output_dir(stack: Stack) -> Path:
 class TeePrinter(Printer):  # type: ignore[misc]
     """honcho's coloured, prefixed terminal stream, plus each process's lines appended to a file of its own."""
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__(sys.stdout)
+    def __init__(self, folder: Path, *, width: int = 0) -> None:
+        super().__init__(sys.stdout, width=width)
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, TextIO] = {}
 
     def write(self, message: Message) -> None:
         super().write(message)
-        if message.type != "line" or message.name == "system":
+        if message.type != "line" or message.name == SYSTEM:
             return
         file = self.files.get(message.name)
         if file is None:
@@ -86,58 +100,36 @@ class TeePrinter(Printer):  # type: ignore[misc]
         file.write(data)
         file.flush()
 
-
-class OrderedManager(Manager):  # type: ignore[misc]
-    """honcho's manager, but stopping gracefully in reverse start order, each process drained before the next."""
-
-    def _killall(self, force: bool = False) -> None:
-        if force:
-            super()._killall(force=True)
-            return
-        for name in reversed(list(self._processes)):
-            entry = self._processes[name]
-            pid = entry.get("pid")
-            if pid is None or "returncode" in entry:
-                continue
-            self._system_print(f"stopping {name} (pid {pid})\n")
-            if not stop_group(pid, DRAIN_SECONDS):
-                self._system_print(f"{name} did not stop within {DRAIN_SECONDS:.0f} s, killed it\n")
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+        self.files.clear()
 
 
-def stop_group(pid: int, drain_seconds: float) -> bool:
-    """SIGTERM a process group (honcho starts each process in its own), SIGKILL it after the drain deadline.
+class Stream:
+    """The supervisor's output as honcho prints it: a time, the process's name in its colour, the line."""
 
-    Returns whether everything in the group exited within the deadline. Zombies count as exited: their parent, a
-    honcho worker, reaps them.
-    """
-    try:
-        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        os.killpg(pid, signal.SIGTERM)
-    except (psutil.NoSuchProcess, ProcessLookupError):
-        return True
+    def __init__(self, printer: Printer, names: Sequence[str]) -> None:
+        self.printer = printer
+        self.colours = dict(zip(names, get_colours(), strict=False))
 
-    def running() -> list[psutil.Process]:
-        alive = []
-        for member in members:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if member.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(member)
-        return alive
+    def line(self, name: str, text: str) -> None:
+        self.printer.write(Message("line", text + "\n", datetime.now(), name, self.colours.get(name)))
 
-    deadline = time.monotonic() + drain_seconds
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not running():
-        return True
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return False
+    def note(self, text: str) -> None:
+        self.printer.write(Message("line", text + "\n", datetime.now(), SYSTEM, None))
 
 
-def endpoints_table(specs: Sequence[ProcessSpec], infra: InfraSettings) -> Table:
+def programs(specs: Sequence[ProcessSpec]) -> list[Program]:
+    return [Program(spec.name, tuple(command_line(spec)), _env(spec), spec.probe_port) for spec in specs]
+
+
+def endpoints_table(specs: Sequence[ProcessSpec], infra: InfraSettings, *, supervisor_port: int | None = None) -> Table:
     table = Table(title="what runs where", title_justify="left")
     table.add_column("what")
     table.add_column("where")
+    if supervisor_port is not None:
+        table.add_row("supervisor", f"http://127.0.0.1:{supervisor_port}/status (and /metrics)")
     for spec in specs:
         if spec.http_port:
             table.add_row(spec.name, f"http://127.0.0.1:{spec.http_port}/docs")
@@ -196,40 +188,57 @@ def init() -> None:
     run_init_steps([spec for spec in all_processes() if spec.init])
 
 
-def up(*, stop_stack_on_exit: bool = True) -> int:
-    """Run everything until Ctrl-C or until a process dies; returns the exit code."""
+def up(*, stop_stack_on_exit: bool = True, extra: Sequence[Program] = ()) -> int:
+    """Run everything until Ctrl-C or SIGTERM; returns the exit code.
+
+    Every service's long-running processes run, moved by ``ORDERLY_UP__PORT_OFFSET``; ``extra`` programs run beside
+    them under the same supervisor (tests add one that crash-loops).
+    """
+    services = service_processes()
+    supervised = [*programs(services), *extra]
+    names = [program.name for program in supervised]
+    printer = TeePrinter(output_dir(Stack()), width=max([len(SYSTEM), *map(len, names)]))
+    supervisor = Supervisor(supervised, output=Stream(printer, names), drain_seconds=DRAIN_SECONDS)
+    port = supervisor_port()
+    try:
+        status = StatusServer(supervisor, port=port)  # before anything starts: a second `orderly up` stops here
+    except OSError as error:
+        raise StackError(
+            "orderly up",
+            f"the supervisor port 127.0.0.1:{port} is taken ({error.strerror})",
+            "stop the other `orderly up`, or run this one with ORDERLY_UP__PORT_OFFSET=<n>",
+        ) from None
+    with status, contextlib.closing(printer):
+        return _run(supervisor, services, stop_stack_on_exit=stop_stack_on_exit, port=port)
+
+
+def _run(supervisor: Supervisor, services: list[ProcessSpec], *, stop_stack_on_exit: bool, port: int) -> int:
     stack = Stack()
     infra = stack.settings
     results = stack.up()
     started = [name for name, what, _ in results if what == "started"]
     fresh = f"started now: {', '.join(started)}" if started else "all were already running"
     console.print(f"local stack: {len(results)} servers ready ({fresh})")
-    specs = all_processes()
     try:
-        run_init_steps([s for s in specs if s.init])
-        services = [s for s in specs if not s.init]
+        run_init_steps([s for s in all_processes() if s.init])
         if not services:
             console.print(endpoints_table(services, infra))
             console.print("no service processes yet; Ctrl-C stops the stack")
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
             return 0
-        manager = OrderedManager(TeePrinter(output_dir(stack)))
-        for spec in services:
-            # `exec` replaces honcho's shell with the process itself, so signals reach it directly.
-            manager.add_process(spec.name, "exec " + shlex.join(command_line(spec)), env=_env(spec))
 
         def announce() -> None:
             late = wait_ready(services)
-            console.print(endpoints_table(services, infra))
+            console.print(endpoints_table(services, infra, supervisor_port=port))
             if late:
                 console.print(f"[red]not ready after {READY_TIMEOUT:.0f} s:[/] {', '.join(late)}")
             else:
                 console.print("everything is ready; Ctrl-C stops it all")
 
         threading.Thread(target=announce, daemon=True).start()
-        manager.loop()
-        return int(manager.returncode or 0)
+        asyncio.run(supervise(supervisor))
+        return 0
     finally:
         if stop_stack_on_exit and started:
             console.print(f"stopping the servers this command started: {', '.join(started)}")

@@ -1,4 +1,4 @@
-"""The local stack: seven real servers on loopback, idempotent start, clean stop, one-line errors."""
+"""The local stack: eight real servers on loopback, idempotent start, clean stop, one-line errors."""
 
 from __future__ import annotations
 
@@ -38,12 +38,18 @@ def all_ports(stack: Stack) -> set[int]:
     return {port for server in stack.servers() for port in server.ports.values()}
 
 
-def test_status_shows_seven_ready_servers_with_their_versions(stack: InfraSettings) -> None:
+def test_status_shows_eight_ready_servers_with_their_versions(stack: InfraSettings) -> None:
     done = orderly("stack", "status")
     print(done.stdout)  # the test log keeps every server's version
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7/7 ready" in done.stdout
-    for name, version_start in [("postgres", "15."), ("mariadb", "1:10.11"), ("redis", "5:7."), ("kafka", "4.")]:
+    assert "8/8 ready" in done.stdout
+    for name, version_start in [
+        ("postgres", "15."),
+        ("mariadb", "1:10.11"),
+        ("redis", "5:7."),
+        ("kafka", "4."),
+        ("prometheus", "2.42"),
+    ]:
         [row] = [line for line in done.stdout.splitlines() if f" {name} " in line]
         assert version_start in row, row
 
@@ -61,7 +67,7 @@ def test_up_twice_reuses_the_running_servers(stack: InfraSettings) -> None:
     before = {s.name: s.pid for s in Stack().status()}
     done = orderly("stack", "up")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("reused") == 7
+    assert done.stdout.count("reused") == 8
     assert {s.name: s.pid for s in Stack().status()} == before
 
 
@@ -129,3 +135,18 @@ def test_a_server_that_will_not_start_names_its_log(scratch_stack: Callable[...,
     assert "postgres: the server exited during start-up" in line
     assert f"(log: {scratch.root / 'postgres'}" in line
     assert "Traceback" not in done.stderr
+
+
+def test_the_stacks_redis_caps_memory_and_evicts_only_keys_with_a_ttl(
+    scratch_stack: Callable[..., ScratchStack],
+) -> None:
+    import redis
+
+    scratch = scratch_stack("maxmemory", "redis")
+    scratch.up()
+    client = redis.Redis(host="127.0.0.1", port=scratch.settings.redis.port)
+    try:
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 256 * 1024 * 1024
+    finally:
+        client.close()

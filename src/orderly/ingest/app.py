@@ -112,7 +112,7 @@ class FastIngest:
         self.app, self.holder = app, holder
         self.metrics = RouteMetrics("ingest", ["/ingest"])
         self.retry_after = (b"retry-after", str(retry_after_s).encode())
-        body = _dumps(error_body("broker_unavailable", "the request was not queued; retry later"))
+        body = _dumps(broker_unavailable_body())
         self.unavailable = (body, _json_headers(body, self.retry_after))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,12 +156,16 @@ class FastIngest:
             self.metrics.observe("/ingest", status, started)
 
 
+def broker_unavailable_body() -> dict[str, Any]:
+    return error_body("broker_unavailable", "the request was not queued; retry later") | {"dependency": "rabbitmq"}
+
+
 def outcome_unknown_body(exc: OutcomeUnknownError) -> dict[str, Any]:
     message = (
         "the broker did not confirm the request and the refusal could not be recorded: it may still be stored; "
         "look for its token in the events before retrying"
     )
-    return {**error_body("outcome_unknown", message), "token": str(exc.token)}
+    return {**error_body("outcome_unknown", message), "dependency": "rabbitmq", "token": str(exc.token)}
 
 
 def _dumps(value: Any) -> bytes:
@@ -186,7 +190,7 @@ def create_app() -> ASGIApp:
         retry_after = {"Retry-After": str(options.retry_after_s)}
         if isinstance(exc, OutcomeUnknownError):
             return JSONResponse(outcome_unknown_body(exc), status_code=503, headers=retry_after)
-        return error_response(503, "broker_unavailable", "the request was not queued; retry later", headers=retry_after)
+        return JSONResponse(broker_unavailable_body(), status_code=503, headers=retry_after)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:

@@ -1,14 +1,17 @@
-"""RabbitMQ adapters: the queue's declaration (shared by API and worker) and the confirmed publisher."""
+"""RabbitMQ adapters: the queue's declaration (shared by API and worker), the dead-letter parking and the confirmed
+publisher."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import ChannelFrame
 from pamqp.header import ContentHeader
 
@@ -38,11 +41,57 @@ def queue_arguments(options: IngestOptions) -> dict[str, Any]:
 
 
 async def declare_queues(channel: AbstractChannel, options: IngestOptions) -> AbstractQueue:
-    """Declare the durable request queue and its dead-letter queue (idempotent); returns the request queue."""
+    """Declare the durable request queue, its dead-letter queue and the STOMP entry (idempotent); returns the
+    request queue."""
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead_queue = await channel.declare_queue(options.dead_letter_queue, durable=True)
     await dead_queue.bind(dead, routing_key=options.dead_letter_queue)
-    return await channel.declare_queue(options.queue, durable=True, arguments=queue_arguments(options))
+    queue = await channel.declare_queue(options.queue, durable=True, arguments=queue_arguments(options))
+    stomp = await channel.declare_exchange(options.stomp_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    await queue.bind(stomp)
+    return queue
+
+
+# The headers of a parked copy: why, through which exchange and from which queue it came, and when.
+REASON_HEADER = "x-orderly-reason"
+EXCHANGE_HEADER = "x-orderly-exchange"
+SOURCE_QUEUE_HEADER = "x-orderly-source-queue"
+PARKED_AT_HEADER = "x-orderly-parked-at"
+ORDERLY_HEADERS = (REASON_HEADER, EXCHANGE_HEADER, SOURCE_QUEUE_HEADER, PARKED_AT_HEADER)
+REASON_MAX_CHARS = 2000
+
+
+class DeadLetters:
+    """The one place ingest parks a delivery: a copy in the dead-letter queue with its reason, confirmed by the broker
+    before the caller acks the original. Used for ``--skip-poison`` and for STOMP frames that break the contract;
+    ``orderly dlq`` reads what it writes (orderly.ingest.deadletters).
+
+    A plain reject would dead-letter it too, but with no word of why; the copy carries the reason, the exchange it
+    came through, the queue it was taken from, when it was parked and its own headers (a STOMP client's ``token``).
+    It keeps the message id (an API request's token); a delivery without one gets a fresh id, so that every dead
+    letter can be named.
+    """
+
+    def __init__(self, channel: AbstractChannel, *, queue: str, source: str) -> None:
+        self.channel, self.queue, self.source = channel, queue, source
+
+    async def park(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Publish the copy and wait for the broker's confirm (raises otherwise); ack the original after this."""
+        headers = {
+            **(message.headers or {}),
+            REASON_HEADER: reason[:REASON_MAX_CHARS],
+            EXCHANGE_HEADER: message.exchange or "",
+            SOURCE_QUEUE_HEADER: self.source,
+            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
+        }
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id or f"dead-{uuid.uuid4().hex}",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self.channel.default_exchange.publish(copy, routing_key=self.queue, mandatory=True)
 
 
 def _forget_message_id(channel: Any, message_id: str | None, tag: int, _confirmation: asyncio.Future[Any]) -> None:

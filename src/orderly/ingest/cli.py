@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from orderly.ingest.settings import IngestSettings
+from orderly.platform.flags import HealthPort, use_health_port
+from orderly.platform.settings import with_flags
 
 app = typer.Typer(
     help="Numbers over HTTP → RabbitMQ → one worker → PostgreSQL → daemon, in order.", no_args_is_help=True
@@ -16,9 +18,7 @@ app = typer.Typer(
 
 
 def _settings(**ingest: object) -> IngestSettings:
-    base = IngestSettings()
-    options = base.ingest.model_copy(update={k: v for k, v in ingest.items() if v is not None})
-    return base.model_copy(update={"ingest": options})
+    return with_flags(IngestSettings(), "ingest", **ingest)
 
 
 @app.command()
@@ -52,7 +52,7 @@ def worker(
     max_wait_ms: Annotated[int | None, typer.Option(help="Longest wait to fill a batch.")] = None,
     skip_poison: Annotated[bool, typer.Option("--skip-poison", help="Dead-letter a poison message.")] = False,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")] = False,
-    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+    health_port: HealthPort = None,
 ) -> None:
     """Consume the queue as its single active consumer and store batches in delivery order."""
     from orderly.ingest.domain import PoisonMessageError
@@ -60,12 +60,12 @@ def worker(
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = _settings(
         batch_size=batch_size,
         max_wait_ms=max_wait_ms,
         skip_poison=skip_poison or None,
         burst=burst or None,
-        metrics_port=metrics_port,
     )
     configure_logging(settings.log, process="ingest-worker")
 
@@ -83,12 +83,14 @@ def worker(
 def daemon(
     log_file: Annotated[Path | None, typer.Option(help="Also write event lines to this size-rotated file.")] = None,
     name: Annotated[str | None, typer.Option(help="Cursor name (one cursor per independent reader).")] = None,
+    health_port: HealthPort = None,
 ) -> None:
     """Print every event as one JSON line on stdout, in event_id order, resuming from the persisted cursor."""
     from orderly.ingest.daemon import run_daemon
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = _settings(log_file=log_file, daemon_name=name)
     configure_logging(settings.log, process="ingest-daemon")
 
@@ -96,3 +98,21 @@ def daemon(
         await run_daemon(settings, shutdown)
 
     run_process(main)
+
+
+@app.command()
+def send(
+    numbers: Annotated[list[int], typer.Argument(help="The integers of one request (put -- before negatives).")],
+    stomp: Annotated[bool, typer.Option("--stomp", help="SEND over STOMP instead of GET /ingest.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the 202 or the RECEIPT.", min=0.1)] = 10.0,
+) -> None:
+    """Send one request and print its token once it is accepted (202 over HTTP, RECEIPT over STOMP)."""
+    from orderly.ingest.client import NotAcceptedError, send_http, send_stomp
+
+    settings = IngestSettings()
+    try:
+        token = (send_stomp if stomp else send_http)(settings, numbers, timeout=timeout)
+    except NotAcceptedError as exc:
+        typer.echo(f"not accepted: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(token))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -14,8 +13,13 @@ from typing import Any, TextIO
 import asyncpg
 
 from orderly.ingest import repository
+from orderly.ingest.monitor import daemon_lag
 from orderly.ingest.settings import IngestOptions, IngestSettings
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import DAEMON_LAG
+from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +91,51 @@ async def follow(
         await _wait(wake, shutdown, poll_s)
 
 
+def daemon_probes(settings: IngestSettings, pool: asyncpg.Pool) -> Probes:
+    """The daemon's probes: PostgreSQL answers; how many committed events wait to be printed."""
+    probes = Probes(service="ingest-daemon", instance=settings.probe.instance)
+    probes.set_role("active")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    lag_gauge = DAEMON_LAG.labels(settings.ingest.daemon_name)
+
+    async def lag() -> None:
+        async with pool.acquire() as conn:
+            lag_gauge.set(await daemon_lag(conn, name=settings.ingest.daemon_name))
+
+    probes.check("postgres", postgres)
+    probes.on_scrape("daemon_lag", lag)
+    return probes
+
+
 async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None = None) -> None:
-    """Composition root of the daemon: a reading connection, a LISTEN connection, the sink; reconnects until stopped."""
+    """Composition root of the daemon: its probes, then the event follower."""
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
+    async with postgres_pool(probe_db) as pool, serve_probes(settings.probe, daemon_probes(settings, pool)):
+        await _print_events(settings, shutdown, stream)
+
+
+async def _print_events(settings: IngestSettings, shutdown: Shutdown, stream: TextIO | None) -> None:
+    """A reading connection, a LISTEN connection, the sink; reconnects until stopped.
+
+    While PostgreSQL is away it waits (one log line when it goes, one when it is back) and resumes from the persisted
+    cursor; a permanent fault (database missing) stops it with one line that names the fix.
+    """
     options = settings.ingest
     sink = EventSink(options, stream or sys.stdout)
-    backoff = 0.1
+    retry = Retry(shutdown, dependency="postgres", cap=2.0, logger=log)
     try:
         while not shutdown.requested:
             wake = asyncio.Event()
-            notified = _setter(wake)
             conn: asyncpg.Connection | None = None
             listener: asyncpg.Connection | None = None
             try:
                 conn = await repository.connect(settings.postgres)
                 listener = await asyncpg.connect(settings.postgres.dsn())
-                await listener.add_listener(repository.NOTIFY_CHANNEL, notified)
-                backoff = 0.1
+                await listener.add_listener(repository.NOTIFY_CHANNEL, _setter(wake))
+                retry.ok()
                 await follow(
                     reader=repository.EventReader(conn, name=options.daemon_name),
                     sink=sink,
@@ -111,15 +144,12 @@ async def run_daemon(settings: IngestSettings, shutdown: Shutdown, stream: TextI
                     batch=options.daemon_batch,
                     poll_s=options.daemon_poll_ms / 1000,
                 )
-            except repository.TRANSIENT_ERRORS as exc:
-                log.warning("PostgreSQL unavailable, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
-                if await shutdown.sleep(backoff):
+            except Exception as exc:
+                if await retry.wait(exc, dependency="postgres"):
                     break
-                backoff = min(backoff * 2, 2.0)
             finally:
                 for connection in (listener, conn):
                     if connection is not None:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(connection.close(), 2)
+                        connection.terminate()
     finally:
         sink.close()

@@ -1,7 +1,7 @@
-"""Dead letters of ingest: requests the worker parked with ``--skip-poison``, and their replay.
+"""Dead letters of ingest: what the worker parked (``--skip-poison``, STOMP frames that break the contract), and replay.
 
-Parking publishes the message to the dead-letter exchange (``ingest.dead`` → ``ingest.requests.dead``) on a channel
-with publisher confirms, with headers naming the reason and the source queue, and acks the original only after the
+Parking is ``orderly.ingest.broker.DeadLetters``: a confirmed copy in ``ingest.requests.dead`` with headers naming
+the reason, the exchange it came through, the queue it was taken from and when; the original is acked only after the
 broker confirmed the copy. A crash in between parks it twice; both copies carry the same token, and replaying both
 stores the request once (``UNIQUE (token)``).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -22,37 +22,18 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from orderly.ingest.broker import DEAD_LETTER_EXCHANGE
-from orderly.ingest.domain import AcceptedRequest, MalformedMessageError
-from orderly.ingest.settings import IngestOptions, IngestSettings
+from orderly.ingest.broker import (
+    EXCHANGE_HEADER,
+    ORDERLY_HEADERS,
+    PARKED_AT_HEADER,
+    REASON_HEADER,
+    SOURCE_QUEUE_HEADER,
+)
+from orderly.ingest.domain import AcceptedRequest, MalformedMessageError, RejectedFrameError
+from orderly.ingest.settings import IngestSettings
 from orderly.platform.deadletters import DeadLetter, DeadLetterNotFoundError, Replayed, ReplayRefusedError
 
 log = logging.getLogger(__name__)
-
-REASON = "x-orderly-reason"
-SOURCE_QUEUE = "x-orderly-source-queue"
-PARKED_AT = "x-orderly-parked-at"
-
-
-async def park(
-    channel: AbstractChannel, *, message: AbstractIncomingMessage, reason: str, options: IngestOptions
-) -> None:
-    """Publish a copy to the dead-letter queue and wait for the broker's confirm (raises otherwise); ack after this."""
-    exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
-    copy = aio_pika.Message(
-        message.body,
-        headers={REASON: reason[:2000], SOURCE_QUEUE: options.queue, PARKED_AT: datetime.now(UTC).isoformat()},
-        message_id=message.message_id or f"poison-{uuid.uuid4().hex}",
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-    await exchange.publish(copy, routing_key=options.dead_letter_queue, mandatory=True)
-
-
-async def waiting(channel: AbstractChannel, options: IngestOptions) -> int:
-    """How many dead letters are ready in the dead-letter queue."""
-    declared = await channel.declare_queue(options.dead_letter_queue, passive=True)
-    return int(declared.declaration_result.message_count or 0)
 
 
 def _text(value: Any) -> str:
@@ -67,9 +48,13 @@ def _letter(message: AbstractIncomingMessage) -> DeadLetter:
         details["accepted_at"] = request.accepted_at.isoformat()
     except MalformedMessageError:
         pass
-    if REASON in headers:
-        reason, source = _text(headers[REASON]), _text(headers.get(SOURCE_QUEUE, "?"))
-        parked_at: datetime | None = datetime.fromisoformat(_text(headers[PARKED_AT])) if PARKED_AT in headers else None
+    if REASON_HEADER in headers:
+        reason, source = _text(headers[REASON_HEADER]), _text(headers.get(SOURCE_QUEUE_HEADER, "?"))
+        parked = headers.get(PARKED_AT_HEADER)
+        parked_at: datetime | None = datetime.fromisoformat(_text(parked)) if parked is not None else None
+        details["exchange"] = _text(headers.get(EXCHANGE_HEADER, ""))
+        if "token" in headers:  # a STOMP client's token header
+            details["token"] = _text(headers["token"])
     else:  # dead-lettered by the broker (a reject before the worker recorded reasons): x-death says from where
         deaths = headers.get("x-death") or [{}]
         death: Any = deaths[0] if isinstance(deaths, list | tuple) else {}
@@ -87,7 +72,8 @@ def _letter(message: AbstractIncomingMessage) -> DeadLetter:
 
 
 class IngestDeadLetters:
-    """`orderly dlq … ingest`: the dead-letter queue; ids are the requests' tokens (the AMQP message id)."""
+    """`orderly dlq … ingest`: the dead-letter queue; an id is the AMQP message id (an API request's token, or the
+    ``dead-…`` id a delivery without one was given when parked)."""
 
     pipeline = "ingest"
 
@@ -109,7 +95,7 @@ class IngestDeadLetters:
             await self._connection.close()
 
     @contextlib.asynccontextmanager
-    async def _browse(self) -> Any:
+    async def _browse(self) -> AsyncIterator[list[AbstractIncomingMessage]]:
         """Every dead letter, taken unacked; on exit the channel closes and the ones not acked go back in order."""
         assert self._connection is not None, "use the store in `async with`"
         channel = await self._connection.channel()
@@ -132,34 +118,53 @@ class IngestDeadLetters:
             return [_letter(message) for message in taken]
 
     async def replay(self, letter_id: str) -> Replayed:
-        """Publish the request back to its queue (confirmed), then ack every dead copy of that token.
+        """Send the request back the way it came (confirmed), then ack every dead copy of that id.
 
-        The worker stores a token once (``ON CONFLICT (token) DO NOTHING``), so a replay repeated after a crash
-        between the confirm and the ack is harmless.
+        An API request goes back to its queue; a STOMP request goes back through the STOMP exchange with its client's
+        headers, so that the worker reads it as it read it first. One that would be refused again stays parked. The
+        worker stores a token once (``ON CONFLICT (token) DO NOTHING``), so a replay repeated after a crash between
+        the confirm and the ack is harmless.
         """
         assert self._confirming is not None, "use the store in `async with`"
         async with self._browse() as taken:
             copies = [message for message in taken if (message.message_id or "?") == letter_id]
             if not copies:
                 raise DeadLetterNotFoundError(f"no dead letter {letter_id!r} waits in {self.options.dead_letter_queue}")
-            letter = _letter(copies[0])
+            letter, headers = _letter(copies[0]), dict(copies[0].headers or {})
+            through = letter.details.get("exchange", "")
             try:
-                request = AcceptedRequest.from_message(letter.payload)
-            except MalformedMessageError as exc:
+                if through == self.options.stomp_exchange:
+                    AcceptedRequest.from_stomp(
+                        letter.payload,
+                        token=_text(headers["token"]) if "token" in headers else None,
+                        received_at=datetime.now(UTC),
+                        max_numbers=self.options.max_numbers,
+                        max_body_bytes=self.options.stomp_max_body_bytes,
+                    )
+                else:
+                    AcceptedRequest.from_message(letter.payload)
+            except (MalformedMessageError, RejectedFrameError) as exc:
                 raise ReplayRefusedError(
-                    f"dead letter {letter_id} is still {exc}; replayed, it would be poison again — it stays parked"
+                    f"dead letter {letter_id} is still refused ({exc}); replayed, it would be parked again — it stays"
                 ) from None
-            await self._confirming.default_exchange.publish(
-                aio_pika.Message(
-                    letter.payload,
-                    message_id=str(request.token),
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=letter.source,
-                mandatory=True,
-            )
+            await self._send_back(letter, headers, through=through)
             for copy in copies:
                 await copy.ack()
-        log.info("dead letter replayed", extra={"token": letter_id, "queue": letter.source, "copies": len(copies)})
-        return Replayed(id=letter_id, target=letter.source, sent=True)
+        target = f"{through} → {letter.source}" if through else letter.source
+        log.info("dead letter replayed", extra={"id": letter_id, "target": target, "copies": len(copies)})
+        return Replayed(id=letter_id, target=target, sent=True)
+
+    async def _send_back(self, letter: DeadLetter, headers: dict[str, Any], *, through: str) -> None:
+        assert self._confirming is not None, "use the store in `async with`"
+        message = aio_pika.Message(
+            letter.payload,
+            headers={k: v for k, v in headers.items() if k not in ORDERLY_HEADERS and k != "x-death"},
+            message_id=letter.id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        if through:
+            exchange = await self._confirming.get_exchange(through, ensure=False)
+            await exchange.publish(message, routing_key=letter.source, mandatory=True)
+        else:
+            await self._confirming.default_exchange.publish(message, routing_key=letter.source, mandatory=True)

@@ -49,6 +49,17 @@ class MalformedMessageError(PoisonMessageError):
     """A queued message body is not a request this service wrote."""
 
 
+class RejectedFrameError(IngestError):
+    """A request a client wrote straight into the queue (STOMP) breaks the contract; ``reason`` says how.
+
+    Such a request is the client's fault, not the line's: it is dead-lettered with its reason and the line goes on.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptedRequest:
     token: UUID
@@ -78,6 +89,46 @@ class AcceptedRequest:
         if accepted_at.tzinfo is None:
             raise MalformedMessageError("not an ingest request: accepted_at has no time zone")
         return cls(token=token, numbers=numbers, accepted_at=accepted_at)
+
+    @classmethod
+    def from_stomp(
+        cls, body: bytes, *, token: object, received_at: datetime, max_numbers: int, max_body_bytes: int
+    ) -> AcceptedRequest:
+        """A request SENT over STOMP: the body is a JSON array of int64, the ``token`` header the client's UUID.
+
+        The broker's confirm (the client's RECEIPT) was its acceptance; the queue position is its order. The worker
+        only learns of it later, so ``accepted_at`` is when the worker received it (informational, as for HTTP).
+        """
+        if not isinstance(token, str) or not token:
+            raise RejectedFrameError("missing token header: send a UUID in the 'token' header")
+        try:
+            parsed_token = UUID(token)
+        except ValueError:
+            raise RejectedFrameError(f"token header is not a UUID: {token[:40]!r}") from None
+        if len(body) > max_body_bytes:
+            raise RejectedFrameError(f"body is longer than {max_body_bytes} bytes")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RejectedFrameError("body is not JSON: send a JSON array of integers, e.g. [7,-3,42]") from None
+        if not isinstance(data, list) or not data:
+            raise RejectedFrameError("no integers: the body must be a non-empty JSON array of integers")
+        if len(data) > max_numbers:
+            raise RejectedFrameError(f"more than {max_numbers} numbers in one request")
+        for index, value in enumerate(data):
+            if type(value) is not int:
+                raise RejectedFrameError(f"numbers[{index}] is not an integer: {json.dumps(value)[:40]}")
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise RejectedFrameError(f"numbers[{index}] is outside the signed 64-bit range")
+        return cls(token=parsed_token, numbers=tuple(data), accepted_at=received_at)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What one batch insert did: how many requests were new, and which positions (0-based) were skipped."""
+
+    inserted: int
+    skipped: tuple[int, ...]
 
 
 def parse_int64(text: str, field: str) -> int:

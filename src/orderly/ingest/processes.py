@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from orderly.ingest.settings import API_PORT
-from orderly.platform.processes import ProcessSpec
+from orderly.platform.processes import ProcessSpec, api_process, background_process
 
 
 def processes() -> list[ProcessSpec]:
     return [
         ProcessSpec(name="ingest-migrate", args=("ingest", "migrate"), init=True),
-        ProcessSpec(name="ingest-api", args=("ingest", "api", "--port", str(API_PORT)), http_port=API_PORT),
-        ProcessSpec(name="ingest-worker-1", args=("ingest", "worker")),
-        ProcessSpec(name="ingest-worker-2", args=("ingest", "worker")),
-        ProcessSpec(name="ingest-daemon", args=("ingest", "daemon")),
+        api_process("ingest-api", "ingest", "api", port=API_PORT),
+        background_process("ingest-worker-1", "ingest", "worker"),
+        background_process("ingest-worker-2", "ingest", "worker"),
+        background_process("ingest-daemon", "ingest", "daemon"),
     ]

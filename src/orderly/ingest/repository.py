@@ -10,26 +10,12 @@ from uuid import UUID
 
 import asyncpg
 
-from orderly.ingest.domain import AcceptedRequest
+from orderly.ingest.domain import AcceptedRequest, StoredBatch
 from orderly.platform.migrations import load_migrations, migrate_postgres, postgres_database
 from orderly.platform.settings import PostgresSettings
 
 SERVICE = "ingest"
 NOTIFY_CHANNEL = "ingest_events"
-
-# Errors after which the same batch may succeed later: the connection broke or the server is restarting.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin_shutdown, crash_shutdown
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
 
 
 async def migrate(settings: PostgresSettings) -> list[int]:
@@ -54,17 +40,17 @@ class RequestStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> int:
-        """Insert the batch in order in one transaction (commit on return); returns how many were new."""
+    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> StoredBatch:
+        """Insert the batch in order in one transaction (commit on return); says which requests were skipped."""
         async with self.conn.transaction():
-            inserted: int = await self.conn.fetchval(
+            skipped: list[int] = await self.conn.fetchval(
                 "SELECT ingest_store_batch($1::uuid[], $2::text[]::jsonb[], $3::timestamptz[])",
                 [r.token for r in batch],
                 # JSON text per request: a list of lists would be sent as a two-dimensional array.
                 [json.dumps(r.numbers, separators=(",", ":")) for r in batch],
                 [r.accepted_at for r in batch],
             )
-        return inserted
+        return StoredBatch(inserted=len(batch) - len(skipped), skipped=tuple(i - 1 for i in skipped))
 
 
 async def revoke_unconfirmed(pool: asyncpg.Pool, token: UUID) -> bool:

@@ -11,8 +11,15 @@ from uuid import UUID
 
 from uuid_utils.compat import uuid7
 
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, OutcomeUnknownError, parse_numbers
+from orderly.ingest.domain import (
+    AcceptedRequest,
+    BrokerUnavailableError,
+    OutcomeUnknownError,
+    StoredBatch,
+    parse_numbers,
+)
 from orderly.ingest.settings import IngestOptions
+from orderly.platform.errors import Permanent, PermanentError, Transient, classify
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,11 @@ async def accept(
 
 
 class BatchStore(Protocol):
-    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> int: ...
+    async def store_batch(self, batch: Sequence[AcceptedRequest]) -> StoredBatch: ...
 
 
 class StoreFailedError(Exception):
-    """A batch failed with a permanent database error ``max_attempts`` times in a row."""
+    """A batch failed with an error of its own (poison) ``max_attempts`` times in a row."""
 
 
 async def store_with_retry(
@@ -62,19 +69,24 @@ async def store_with_retry(
     batch: Sequence[AcceptedRequest],
     store: Callable[[], Awaitable[BatchStore]],
     on_transient: Callable[[BaseException], Awaitable[bool]],
-    transient: tuple[type[BaseException], ...],
     max_attempts: int,
-) -> int:
-    """Store one batch, waiting out transient errors (``on_transient`` returns False to give up) and retrying a
-    permanent error up to ``max_attempts`` times. Nothing is acknowledged here: the caller acks after this returns."""
+) -> StoredBatch:
+    """Store one batch. A transient error (the server is away) is waited out by ``on_transient`` (False: give up); a
+    permanent one (database or schema missing, credentials refused) raises ``PermanentError``, since no request can
+    be stored until the operator acts; any other error is the batch's own and is retried up to ``max_attempts``
+    times. Nothing is acknowledged here: the caller acks after this returns."""
     failures = 0
     while True:
         try:
             return await (await store()).store_batch(batch)
-        except transient as exc:
-            if not await on_transient(exc):
-                raise
         except Exception as exc:
+            fault = classify(exc, dependency="postgres")
+            if isinstance(fault, Transient):
+                if not await on_transient(exc):
+                    raise
+                continue
+            if isinstance(fault, Permanent):
+                raise PermanentError(fault) from exc
             failures += 1
             log.warning(
                 "batch failed", extra={"attempt": failures, "size": len(batch), "error": f"{type(exc).__name__}: {exc}"}

@@ -27,7 +27,7 @@ from orderly.items import service
 from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.changelog import ChangeLog, LogQuery
 from orderly.items.domain import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, InvalidFieldError, NotFoundError
-from orderly.items.settings import ItemsSettings
+from orderly.items.settings import ItemsOptions, ItemsSettings
 from orderly.platform.http import RouteMetrics, error_response, internal_error, query_params
 from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.logging import configure_logging
@@ -55,6 +55,7 @@ class Runtime:
     cache: ListCache
     changelog: ChangeLog
     flights: SingleFlight[bytes]
+    options: ItemsOptions
 
 
 def _runtime(request: Request) -> Runtime:
@@ -141,15 +142,21 @@ async def remove_item(rt: Rt, item_id: ItemId, campaign_id: CampaignId) -> dict[
     return {"id": item.id, "campaignId": item.campaign_id, "removed": item.removed}
 
 
-@router.patch("/item/reprioritize", summary="Give an item a priority; items at or above it move up by one")
+@router.patch("/item/reprioritize", summary="Give an item a priority; the items in its way move up by one")
 async def reprioritize_item(
     rt: Rt,
     item_id: ItemId,
     campaign_id: CampaignId,
     body: Annotated[ReprioritizeBody, Depends(json_body(ReprioritizeBody))],
 ) -> dict[str, Any]:
+    most = rt.options.reprioritize_max_moves
     changed = await service.reprioritize_item(
-        pool=rt.pool, cache=rt.cache, item_id=item_id, campaign_id=campaign_id, new_priority=body.newPriority
+        pool=rt.pool,
+        cache=rt.cache,
+        item_id=item_id,
+        campaign_id=campaign_id,
+        new_priority=body.newPriority,
+        max_moves=most,
     )
     return {"priorities": [{"id": item.id, "priority": item.priority} for item in changed]}
 
@@ -157,9 +164,22 @@ async def reprioritize_item(
 @router.get(LIST_PATH, summary="Items by priority (cached for a minute, never stale after a write)")
 async def list_items(rt: Rt, limit: Limit = 10, offset: Offset = 1) -> Response:
     # Documents the route and answers what ``ItemsFastPath`` hands on (HEAD, input it leaves to FastAPI's checks).
-    body, hit = await service.list_items(pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights)
-    (LIST_HIT if hit else LIST_MISS).inc()
+    body, hit = await list_page_of(rt, limit, offset)
     return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+async def list_page_of(rt: Runtime, limit: int, offset: int) -> tuple[bytes, bool]:
+    """The list page for both paths (route and fast path), counted as a cache hit or miss."""
+    body, hit = await service.list_items(
+        pool=rt.pool,
+        cache=rt.cache,
+        limit=limit,
+        offset=offset,
+        max_offset=rt.options.list_max_offset,
+        flights=rt.flights,
+    )
+    (LIST_HIT if hit else LIST_MISS).inc()
+    return body, hit
 
 
 def _plain_int(value: str | None, default: int | None, high: int) -> int | None:
@@ -315,10 +335,7 @@ class ItemsFastPath:
 
     @staticmethod
     async def _list(rt: Runtime, limit: int, offset: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, hit = await service.list_items(
-            pool=rt.pool, cache=rt.cache, limit=limit, offset=offset, flights=rt.flights
-        )
-        (LIST_HIT if hit else LIST_MISS).inc()
+        body, hit = await list_page_of(rt, limit, offset)
         headers = [
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
@@ -356,6 +373,8 @@ async def logs(
     item_id: Annotated[int | None, Query(alias="itemId", ge=1)] = None,
     campaign_id: Annotated[int | None, Query(alias="campaignId", ge=1)] = None,
 ) -> dict[str, Any]:
+    if offset > rt.options.list_max_offset:
+        raise InvalidFieldError("offset", f"at most {rt.options.list_max_offset}")
     total, events = await rt.changelog.read(
         LogQuery(limit=limit, offset=offset, item_id=item_id, campaign_id=campaign_id)
     )
@@ -409,7 +428,14 @@ def create_app(settings: ItemsSettings | None = None) -> ASGIApp:
             gc.collect()
             gc.freeze()
             try:
-                runtime = Runtime(pool=pool, redis=redis, cache=cache, changelog=changelog, flights=SingleFlight())
+                runtime = Runtime(
+                    pool=pool,
+                    redis=redis,
+                    cache=cache,
+                    changelog=changelog,
+                    flights=SingleFlight(),
+                    options=settings.items,
+                )
                 yield {"items": runtime}
             finally:
                 changelog.close()

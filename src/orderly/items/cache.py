@@ -3,11 +3,17 @@
 A page is stored under a key that contains the generation the reader saw *before* it queried PostgreSQL; every write
 increments the generation after its commit. A reader that loaded old rows therefore writes them under a generation
 nobody asks for any more, so a stale page can never become visible after the write's response.
+
+A generation that is missing (Redis restarted or was flushed) starts again from a random 62-bit epoch, never from 0:
+a reader still in flight across the restart stores its old page under the generation it saw before, and a counter
+restarting from 0 would count back up to that number after a few writes and serve the old page as current. From a
+random start the counter reaches an old generation with odds of about one in 2**62.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -15,11 +21,28 @@ import redis.asyncio as aioredis
 
 V = TypeVar("V")
 
-# One round trip for a hit: read the generation and the page stored under it.
+# One round trip for a hit: read the generation (starting it at the random epoch ARGV[3] when missing) and the page.
 _READ = """
-local gen = redis.call('GET', KEYS[1]) or '0'
+local gen = redis.call('GET', KEYS[1])
+if not gen then
+    redis.call('SET', KEYS[1], ARGV[3])
+    gen = ARGV[3]
+end
 return {gen, redis.call('GET', ARGV[1] .. gen .. ARGV[2])}
 """
+# A write's invalidation: the next generation, counting from the random epoch ARGV[1] when the counter is missing.
+_BUMP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
+"""
+EPOCH_BITS = 62  # room to count up by one per write for ages before INCR's 2**63 - 1 limit
+
+
+def random_epoch() -> int:
+    """Where a missing generation counter starts: random, so it never meets a generation used before it was lost."""
+    return secrets.randbits(EPOCH_BITS)
 
 
 class ListCache:
@@ -31,13 +54,16 @@ class ListCache:
         self._page_prefix = f"{prefix}list:page:"
         self._ttl = ttl_seconds
         self._read: Any = redis.register_script(_READ)
+        self._bump: Any = redis.register_script(_BUMP)
 
     def page_key(self, generation: int, limit: int, offset: int) -> str:
         return f"{self._page_prefix}{generation}:{limit}:{offset}"
 
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
-        gen, body = await self._read(keys=[self._gen_key], args=[self._page_prefix, f":{limit}:{offset}"])
+        gen, body = await self._read(
+            keys=[self._gen_key], args=[self._page_prefix, f":{limit}:{offset}", random_epoch()]
+        )
         return int(gen), body
 
     async def store(self, *, generation: int, limit: int, offset: int, body: bytes) -> None:
@@ -45,7 +71,7 @@ class ListCache:
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        return int(await self._redis.incr(self._gen_key))
+        return int(await self._bump(keys=[self._gen_key], args=[random_epoch()]))
 
 
 class SingleFlight(Generic[V]):

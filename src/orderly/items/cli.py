@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orderly.items.settings import ITEMS_HTTP_PORT, ItemsSettings
+from orderly.platform.flags import HealthPort, use_health_port
+
+if TYPE_CHECKING:
+    from orderly.platform.lifecycle import Shutdown
 
 app = typer.Typer(help="items: CRUD with row locks, a never-stale list cache, a change log in ClickHouse.")
 
@@ -40,32 +45,32 @@ def api(
 
 
 @app.command()
-def relay(burst: Burst = False) -> None:
+def relay(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Move outbox rows to the JetStream stream (Nats-Msg-Id = event id), deleting them after the PubAck."""
     from orderly.items.relay import run_relay
-    from orderly.platform.lifecycle import Shutdown, run_process
-    from orderly.platform.logging import configure_logging
 
-    settings = ItemsSettings()
-    configure_logging(settings.log, process="items-relay")
-
-    async def main(shutdown: Shutdown) -> None:
-        await run_relay(settings, shutdown, burst=burst)
-
-    run_process(main)
+    use_health_port(health_port)
+    _run_background("items-relay", lambda settings, shutdown: run_relay(settings, shutdown, burst=burst))
 
 
 @app.command()
-def audit(burst: Burst = False) -> None:
+def audit(burst: Burst = False, health_port: HealthPort = None) -> None:
     """Insert change events from the durable JetStream consumer into ClickHouse in batches, acking after insert."""
     from orderly.items.audit import run_audit
-    from orderly.platform.lifecycle import Shutdown, run_process
+
+    use_health_port(health_port)
+    _run_background("items-audit", lambda settings, shutdown: run_audit(settings, shutdown, burst=burst))
+
+
+def _run_background(process: str, work: Callable[[ItemsSettings, Shutdown], Awaitable[None]]) -> None:
+    """Settings, logging and ``run_process`` (signals, bounded drain) around one background process's work."""
+    from orderly.platform.lifecycle import run_process
     from orderly.platform.logging import configure_logging
 
     settings = ItemsSettings()
-    configure_logging(settings.log, process="items-audit")
+    configure_logging(settings.log, process=process)
 
     async def main(shutdown: Shutdown) -> None:
-        await run_audit(settings, shutdown, burst=burst)
+        await work(settings, shutdown)
 
     run_process(main)

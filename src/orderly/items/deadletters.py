@@ -66,7 +66,7 @@ async def park(js: JetStreamContext, *, dead_stream: str, message: Msg, reason: 
     )
 
 
-async def waiting(js: JetStreamContext, dead_stream: str) -> int:
+async def dead_letters_waiting(js: JetStreamContext, dead_stream: str) -> int:
     """How many dead letters wait in the stream."""
     info = await js.stream_info(dead_stream)
     return int(info.state.messages)

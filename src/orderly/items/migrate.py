@@ -11,9 +11,11 @@ from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream
 from orderly.platform.migrations import (
     load_migrations,
+    lock_key,
     migrate_clickhouse_async,
     migrate_postgres,
     postgres_database,
+    postgres_session_lock,
 )
 from orderly.platform.pools import clickhouse_client
 
@@ -22,18 +24,21 @@ SERVICE = "items"
 
 
 async def migrate(settings: ItemsSettings) -> None:
+    database = settings.clickhouse.database
     async with postgres_database(settings.postgres) as conn:
         applied = await migrate_postgres(conn, service=SERVICE, migrations=load_migrations("orderly.items", "postgres"))
-    client = clickhouse_client(settings.clickhouse, database="default")
-    try:
-        applied_ch = await migrate_clickhouse_async(
-            client,
-            database=settings.clickhouse.database,
-            service=SERVICE,
-            migrations=load_migrations("orderly.items", "clickhouse"),
-        )
-    finally:
-        client.disconnect()
+        # ClickHouse has no lock: a PostgreSQL session lock (named after the ClickHouse database) serialises runs.
+        client = clickhouse_client(settings.clickhouse, database="default")
+        try:
+            applied_ch = await migrate_clickhouse_async(
+                client,
+                database=database,
+                service=SERVICE,
+                migrations=load_migrations("orderly.items", "clickhouse"),
+                lock=postgres_session_lock(conn, lock_key(f"clickhouse:{database}")),
+            )
+        finally:
+            client.disconnect()
     nc = await nats.connect(settings.nats.url())
     try:
         await ensure_stream(

@@ -5,26 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
 import nats
-import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
-from nats.js.errors import Error as JetStreamError
 
 from orderly.items import repository as repo
-from orderly.items.backoff import Backoff
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream, publish_all
 from orderly.platform.lifecycle import Shutdown
+from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
 from orderly.platform.pools import postgres_pool
+from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry, StoppedError
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (nats.errors.Error, JetStreamError, asyncpg.PostgresConnectionError, OSError, TimeoutError)
+BATCHES = BatchTimer("items-relay")
 
 
 async def relay_batch(*, pool: asyncpg.Pool, js: JetStreamContext, stream: str, batch_size: int) -> int:
@@ -36,24 +36,29 @@ async def relay_batch(*, pool: asyncpg.Pool, js: JetStreamContext, stream: str, 
     async with pool.acquire() as conn, conn.transaction():
         rows = await repo.claim_outbox(conn, limit=batch_size)
         if rows:
-            await publish_all(js, stream=stream, rows=rows)
-            await repo.delete_outbox(conn, [row.id for row in rows])
+            with BATCHES.batch(len(rows)):
+                await publish_all(js, stream=stream, rows=rows)
+                await repo.delete_outbox(conn, [row.id for row in rows])
     return len(rows)
 
 
 @asynccontextmanager
-async def nats_until_connected(settings: ItemsSettings, shutdown: Shutdown) -> AsyncIterator[NatsClient | None]:
-    """A NATS connection that reconnects forever once made; retries the first connect until it works or we stop."""
-    backoff = Backoff(cap=settings.items.retry_max_seconds)
+async def nats_until_connected(settings: ItemsSettings, retry: Retry) -> AsyncIterator[NatsClient | None]:
+    """A NATS connection that reconnects forever once made; the first connect is retried until it works or we stop
+    (None then)."""
     nc: NatsClient | None = None
-    while nc is None and not shutdown.requested:
-        try:
-            nc = await nats.connect(
-                settings.nats.url(), max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
-            )
-        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-            log.warning("NATS not reachable, retrying", extra={"error": repr(exc)})
-            await shutdown.sleep(backoff.delay())
+    with contextlib.suppress(StoppedError):
+        nc = await retry.call(
+            lambda: nats.connect(
+                settings.nats.url(),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                error_cb=_quiet,
+                disconnected_cb=_quiet,
+            ),
+            dependency="nats",
+        )
     try:
         yield nc
     finally:
@@ -64,20 +69,86 @@ async def nats_until_connected(settings: ItemsSettings, shutdown: Shutdown) -> A
                 await nc.close()
 
 
+async def _quiet(*_args: object) -> None:
+    """nats-py's default callbacks log every failed reconnect with a traceback; the Retry logs the outage once."""
+
+
+def retry_for(settings: ItemsSettings, shutdown: Shutdown) -> Retry:
+    return Retry(shutdown, first=0.1, cap=settings.items.retry_max_seconds, logger=log)
+
+
+def relay_probes(settings: ItemsSettings, pool: asyncpg.Pool, nats_client: Callable[[], NatsClient | None]) -> Probes:
+    """The relay's probes: PostgreSQL and NATS answer; the outbox backlog and its oldest row's age.
+
+    Relays claim with SKIP LOCKED, so every running relay is active."""
+    probes = Probes(service="items-relay", instance=settings.probe.instance)
+    probes.set_role("active")
+    pending, age = OUTBOX_PENDING.labels("items"), OUTBOX_OLDEST_AGE.labels("items")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def nats_server() -> bool:
+        nc = nats_client()
+        return nc is not None and nc.is_connected
+
+    async def outbox() -> None:
+        async with pool.acquire() as conn:
+            rows, oldest = await repo.outbox_backlog(conn)
+        pending.set(rows)
+        age.set(oldest)
+
+    probes.check("postgres", postgres)
+    probes.check("nats", nats_server)
+    probes.on_scrape("outbox", outbox)
+    return probes
+
+
 async def run_relay(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool = False) -> None:
-    """The relay's composition root; ``burst`` stops once the outbox is empty (tests, one-off runs)."""
-    async with postgres_pool(settings.postgres) as pool, nats_until_connected(settings, shutdown) as nc:
+    """The relay's composition root; ``burst`` stops once the outbox is empty (tests, one-off runs).
+
+    Any failure of PostgreSQL or NATS ends the session (pool, LISTEN connection) and a new one starts once the
+    server answers again; the outbox rows wait meanwhile, and nothing is deleted that was not PubAcked.
+    """
+    retry = retry_for(settings, shutdown)
+    connected: list[NatsClient] = []
+    # The probes get a small pool of their own: it outlives the relay's sessions, which end with every outage.
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
+    async with (
+        postgres_pool(probe_db) as probe_pool,
+        serve_probes(settings.probe, relay_probes(settings, probe_pool, lambda: connected[0] if connected else None)),
+        nats_until_connected(settings, retry) as nc,
+    ):
         if nc is None:
             return
+        connected.append(nc)
         js = nc.jetstream()
-        wake = asyncio.Event()
-        async with pool.acquire() as listener:
-            notify = lambda *_: wake.set()  # noqa: E731 - the callback asyncpg calls on NOTIFY
-            await listener.add_listener(repo.OUTBOX_CHANNEL, notify)
+        while not shutdown.requested:
             try:
-                await _relay_loop(settings, shutdown, pool=pool, js=js, wake=wake, burst=burst)
-            finally:
-                await listener.remove_listener(repo.OUTBOX_CHANNEL, notify)
+                await _session(settings, shutdown, js=js, retry=retry, burst=burst)
+            except Exception as exc:
+                if await retry.wait(exc, dependency="postgres"):
+                    return
+                continue
+            return  # stopped, or (burst) the outbox is empty
+
+
+async def _session(
+    settings: ItemsSettings, shutdown: Shutdown, *, js: JetStreamContext, retry: Retry, burst: bool
+) -> None:
+    wake = asyncio.Event()
+    # pool_min 0: a pool with a floor re-opens its connections on its own while the server is away, and asyncpg logs
+    # each failed attempt with a traceback; this session ends at the first failure and the Retry logs the outage once.
+    session_db = settings.postgres.model_copy(update={"pool_min": 0})
+    async with postgres_pool(session_db) as pool:
+        # A connection of its own, not one from the pool: when the server goes away it is simply dropped with the
+        # session (a pooled connection would have to give its listener back first, and it may be dead by then).
+        listener = await asyncpg.connect(settings.postgres.dsn())
+        try:
+            await listener.add_listener(repo.OUTBOX_CHANNEL, lambda *_: wake.set())
+            await _relay_loop(settings, shutdown, pool=pool, js=js, wake=wake, retry=retry, burst=burst)
+        finally:
+            listener.terminate()
 
 
 async def _relay_loop(
@@ -87,28 +158,15 @@ async def _relay_loop(
     pool: asyncpg.Pool,
     js: JetStreamContext,
     wake: asyncio.Event,
+    retry: Retry,
     burst: bool,
 ) -> None:
     options = settings.items
-    backoff = Backoff(cap=options.retry_max_seconds)
-    stream_ready = False
+    await ensure_stream(js, name=settings.stream_name, duplicate_window_seconds=options.duplicate_window_seconds)
     while not shutdown.requested:
         wake.clear()
-        try:
-            if not stream_ready:
-                await ensure_stream(
-                    js, name=settings.stream_name, duplicate_window_seconds=options.duplicate_window_seconds
-                )
-                stream_ready = True
-            moved = await relay_batch(
-                pool=pool, js=js, stream=settings.stream_name, batch_size=options.relay_batch_size
-            )
-        except TRANSIENT as exc:
-            delay = backoff.delay()
-            log.warning("relay failed, outbox rows wait", extra={"error": repr(exc), "retry_in_s": delay})
-            await shutdown.sleep(delay)
-            continue
-        backoff.reset()
+        moved = await relay_batch(pool=pool, js=js, stream=settings.stream_name, batch_size=options.relay_batch_size)
+        retry.ok()
         if moved:
             log.debug("relayed", extra={"events": moved})
         if moved == options.relay_batch_size:

@@ -11,7 +11,7 @@ import asyncpg
 
 from orderly.items.domain import ChangeEvent, Item
 
-ITEM_COLUMNS = "id, campaign_id, name, description, priority, removed, created_at"
+# Every statement names the columns of an item in full (the order ``_item`` reads them by name, so any order works).
 # One advisory lock serialises every statement that assigns priorities (create, reprioritize), so max + 1 is safe.
 PRIORITY_LOCK_KEY = 0x6974656D73  # "items"
 OUTBOX_CHANNEL = "items_outbox"
@@ -41,9 +41,9 @@ async def campaign_exists(conn: asyncpg.Connection, campaign_id: int) -> bool:
 
 async def insert_item(conn: asyncpg.Connection, *, campaign_id: int, name: str, description: str | None) -> Item:
     row = await conn.fetchrow(
-        f"""INSERT INTO items (campaign_id, name, description, priority)
+        """INSERT INTO items (campaign_id, name, description, priority)
             VALUES ($1, $2, $3, (SELECT coalesce(max(priority), 0) + 1 FROM items))
-            RETURNING {ITEM_COLUMNS}""",
+            RETURNING id, campaign_id, name, description, priority, removed, created_at""",
         campaign_id,
         name,
         description,
@@ -54,7 +54,8 @@ async def insert_item(conn: asyncpg.Connection, *, campaign_id: int, name: str, 
 async def lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int) -> Item | None:
     """The live item, row-locked until the transaction ends (None when missing or removed)."""
     row = await conn.fetchrow(
-        f"SELECT {ITEM_COLUMNS} FROM items WHERE id = $1 AND campaign_id = $2 AND NOT removed FOR UPDATE",
+        """SELECT id, campaign_id, name, description, priority, removed, created_at
+           FROM items WHERE id = $1 AND campaign_id = $2 AND NOT removed FOR UPDATE""",
         item_id,
         campaign_id,
     )
@@ -62,19 +63,47 @@ async def lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int)
 
 
 async def mark_removed(conn: asyncpg.Connection, *, item_id: int) -> Item:
-    row = await conn.fetchrow(f"UPDATE items SET removed = true WHERE id = $1 RETURNING {ITEM_COLUMNS}", item_id)
+    row = await conn.fetchrow(
+        """UPDATE items SET removed = true WHERE id = $1
+           RETURNING id, campaign_id, name, description, priority, removed, created_at""",
+        item_id,
+    )
     return _item(row)
 
 
-async def shift_priorities(conn: asyncpg.Connection, *, item_id: int, new_priority: int) -> list[Item]:
-    """Give the item ``new_priority`` and move every other item at or above it up by one; the changed rows."""
+async def collision_run(conn: asyncpg.Connection, *, item_id: int, new_priority: int, limit: int) -> list[int]:
+    """The other items that must move up by one for the item to take ``new_priority``, at most ``limit`` + 1 of them.
+
+    Only the unbroken run of priorities from ``new_priority`` collides: the first free priority ends it, and every
+    item past that gap keeps its place (moving it would leave the order exactly as it is). Removed items count too.
+    """
     rows = await conn.fetch(
-        f"UPDATE items SET priority = priority + 1 WHERE priority >= $2 AND id <> $1 RETURNING {ITEM_COLUMNS}",
-        item_id,
+        "SELECT id, priority FROM items WHERE priority >= $1 AND id <> $2 ORDER BY priority, id LIMIT $3",
         new_priority,
+        item_id,
+        limit + 1,
+    )
+    run, collides_at = [], new_priority
+    for row in rows:
+        if row["priority"] > collides_at:
+            break
+        run.append(row["id"])
+        collides_at = row["priority"] + 1
+    return run
+
+
+async def move_items(conn: asyncpg.Connection, *, item_id: int, new_priority: int, shifted: list[int]) -> list[Item]:
+    """Give the item ``new_priority`` and the ``shifted`` items one more each; the changed rows, in priority order."""
+    rows = await conn.fetch(
+        """UPDATE items SET priority = priority + 1 WHERE id = ANY($1::bigint[])
+           RETURNING id, campaign_id, name, description, priority, removed, created_at""",
+        shifted,
     )
     moved = await conn.fetchrow(
-        f"UPDATE items SET priority = $2 WHERE id = $1 RETURNING {ITEM_COLUMNS}", item_id, new_priority
+        """UPDATE items SET priority = $2 WHERE id = $1
+           RETURNING id, campaign_id, name, description, priority, removed, created_at""",
+        item_id,
+        new_priority,
     )
     changed = [_item(moved), *(_item(r) for r in rows)]
     changed.sort(key=lambda item: (item.priority, item.id))
@@ -113,7 +142,8 @@ async def save_edit(conn: asyncpg.Connection, item: Item, events: Sequence[Chang
     exactly ``item``: an edit changes no other column.
     """
     await conn.execute(
-        """WITH edited AS (UPDATE items SET name = $5, description = $6 WHERE id = $7 RETURNING 1), """ + _ADD_EVENTS,
+        # Two constant fragments joined; every value is a bind parameter.
+        """WITH edited AS (UPDATE items SET name = $5, description = $6 WHERE id = $7 RETURNING 1), """ + _ADD_EVENTS,  # noqa: S608
         *_event_arguments(events),
         item.name,
         item.description,
@@ -132,7 +162,10 @@ async def page(conn: asyncpg.Connection, *, limit: int, offset: int) -> tuple[Co
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         counts = await conn.fetchrow("SELECT count(*) AS total, count(*) FILTER (WHERE removed) AS removed FROM items")
         rows = await conn.fetch(
-            f"SELECT {ITEM_COLUMNS} FROM items ORDER BY priority, id LIMIT $1 OFFSET $2", limit, offset - 1
+            """SELECT id, campaign_id, name, description, priority, removed, created_at
+               FROM items ORDER BY priority, id LIMIT $1 OFFSET $2""",
+            limit,
+            offset - 1,
         )
     return Counts(total=counts["total"], removed=counts["removed"]), [_item(r) for r in rows]
 
@@ -157,3 +190,13 @@ async def claim_outbox(conn: asyncpg.Connection, *, limit: int) -> list[OutboxRo
 
 async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
     await conn.execute("DELETE FROM items_outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+
+async def outbox_backlog(conn: asyncpg.Connection) -> tuple[int, float]:
+    """Outbox rows waiting for the relay, and the age in seconds of the oldest (0 when none wait)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM items_outbox) AS pending,
+                  coalesce(extract(epoch FROM now() - (SELECT created_at FROM items_outbox ORDER BY id LIMIT 1)), 0)
+                    AS age"""
+    )
+    return int(row["pending"]), max(float(row["age"]), 0.0)

@@ -17,6 +17,7 @@ from orderly.items.domain import (
     CampaignNotFoundError,
     ChangeEvent,
     EventKind,
+    InvalidFieldError,
     Item,
     ItemNotFoundError,
     Page,
@@ -24,11 +25,25 @@ from orderly.items.domain import (
     clean_description,
     clean_name,
 )
+from orderly.items.settings import LIST_MAX_OFFSET
+from orderly.platform.errors import OutcomeUnknownError
+from orderly.platform.retry import OutageLog
+from orderly.platform.transactions import write_transaction
 
 log = logging.getLogger(__name__)
+_outages = OutageLog(logger=log)  # a Redis outage is one log line, not one per list request
 
 # Test seam: called between the PostgreSQL read and the cache write of a list miss.
 AfterLoad = Callable[[], Awaitable[None]]
+
+
+async def _invalidate(cache: ListCache) -> None:
+    """Bump the list generation after a commit. If Redis fails here the change is committed but cached pages may
+    still show the old list: the caller is told the outcome is not known rather than that nothing happened."""
+    try:
+        await cache.invalidate()
+    except RedisError as exc:
+        raise OutcomeUnknownError("redis") from exc
 
 
 def _events(kind: EventKind, items: list[Item]) -> list[ChangeEvent]:
@@ -41,13 +56,13 @@ async def create_item(
 ) -> Item:
     """Insert an item at the end of the priority order (max + 1, serialised by an advisory lock)."""
     name, description = clean_name(name), clean_description(description)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, write_transaction(conn):
         if not await repo.campaign_exists(conn, campaign_id):
             raise CampaignNotFoundError(campaign_id)
         await repo.lock_priorities(conn)
         item = await repo.insert_item(conn, campaign_id=campaign_id, name=name, description=description)
         await repo.add_events(conn, _events("created", [item]))
-    await cache.invalidate()
+    await _invalidate(cache)
     return item
 
 
@@ -65,7 +80,7 @@ async def update_item(
 
     ``keep_description`` leaves the stored description as it is (the request did not mention it).
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, write_transaction(conn):
         current = await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         if current is None:
             raise ItemNotFoundError(item_id)
@@ -75,34 +90,45 @@ async def update_item(
             description=current.description if keep_description else clean_description(description),
         )
         await repo.save_edit(conn, item, _events("updated", [item]))
-    await cache.invalidate()
+    await _invalidate(cache)
     return item
 
 
 async def remove_item(*, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int) -> Item:
     """Soft-delete: the row stays, flagged removed; a second remove finds nothing to remove."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, write_transaction(conn):
         if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
             raise ItemNotFoundError(item_id)
         item = await repo.mark_removed(conn, item_id=item_id)
         await repo.add_events(conn, _events("removed", [item]))
-    await cache.invalidate()
+    await _invalidate(cache)
     return item
 
 
 async def reprioritize_item(
-    *, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int, new_priority: int
+    *, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int, new_priority: int, max_moves: int
 ) -> list[Item]:
-    """Move the item to ``new_priority``; every item at or above it moves up by one. Returns the changed items."""
+    """Move the item to ``new_priority``; the items in its way move up by one. Returns the changed items.
+
+    Only the unbroken run of priorities from ``new_priority`` is in the way (the first free priority ends it), so the
+    order is the one shifting every item at or above would give, at the cost of the run alone. A run longer than
+    ``max_moves`` is refused before anything changes: one request's work (row updates, outbox events, one change
+    each in /logs) stays bounded.
+    """
     new_priority = check_priority(new_priority)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, write_transaction(conn):
         # Same order as create (priority lock, then row lock) so the two can never deadlock.
         await repo.lock_priorities(conn)
         if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
             raise ItemNotFoundError(item_id)
-        changed = await repo.shift_priorities(conn, item_id=item_id, new_priority=new_priority)
+        shifted = await repo.collision_run(conn, item_id=item_id, new_priority=new_priority, limit=max_moves)
+        if len(shifted) > max_moves:
+            raise InvalidFieldError(
+                "newPriority", f"would move more than {max_moves} other items; choose a priority nearer a free one"
+            )
+        changed = await repo.move_items(conn, item_id=item_id, new_priority=new_priority, shifted=shifted)
         await repo.add_events(conn, _events("reprioritized", changed))
-    await cache.invalidate()
+    await _invalidate(cache)
     return changed
 
 
@@ -112,6 +138,7 @@ async def list_items(
     cache: ListCache,
     limit: int,
     offset: int,
+    max_offset: int = LIST_MAX_OFFSET,
     after_load: AfterLoad | None = None,
     flights: SingleFlight[bytes] | None = None,
 ) -> tuple[bytes, bool]:
@@ -122,11 +149,13 @@ async def list_items(
     write the caller has seen answered: every write bumps the generation before its response, so a reader that
     starts after that response sees the new generation and joins, or starts, a load of its own.
     """
+    if offset > max_offset:
+        raise InvalidFieldError("offset", f"at most {max_offset}")
     generation: int | None
     try:
         generation, cached = await cache.lookup(limit=limit, offset=offset)
-    except RedisError:
-        log.warning("cache unavailable, reading PostgreSQL", exc_info=True)
+    except RedisError as exc:
+        _outages.note("redis", exc, "reading PostgreSQL uncached")
         generation, cached = None, None
     if cached is not None:
         return cached, True
@@ -141,8 +170,8 @@ async def list_items(
         if generation is not None:
             try:
                 await cache.store(generation=generation, limit=limit, offset=offset, body=body)
-            except RedisError:
-                log.warning("cache unavailable, page not stored", exc_info=True)
+            except RedisError as exc:
+                _outages.note("redis", exc, "page not stored")
         return body
 
     if flights is None or generation is None:

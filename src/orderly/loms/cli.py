@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from orderly.platform.flags import HealthPort, use_health_port
+
 app = typer.Typer(help="loms: orders, stock reservation, the outbox relay to Kafka.", no_args_is_help=True)
 
 
@@ -29,6 +31,7 @@ def api(
 def relay(
     batch_size: Annotated[int | None, typer.Option(help="outbox rows per batch")] = None,
     burst: Annotated[bool, typer.Option(help="exit once the outbox is empty")] = False,
+    health_port: HealthPort = None,
 ) -> None:
     """Publish outbox events to Kafka (one active relay; others stand by)."""
     from orderly.loms.relay import run_relay
@@ -36,6 +39,7 @@ def relay(
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = loms_settings(batch_size=batch_size)
     configure_logging(settings.log, process="loms-relay")
 

@@ -19,9 +19,14 @@ from typing import Any, Protocol
 import asyncpg
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from orderly.loms import repository
 from orderly.loms.settings import LomsOptions, LomsSettings
+from orderly.platform.errors import DependencyUnavailableError
 from orderly.platform.lifecycle import Shutdown
-from orderly.platform.pools import kafka_config
+from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
+from orderly.platform.pools import kafka_config, postgres_pool
+from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +37,14 @@ STOP_FLUSH_SECONDS = 7.0
 CONNECT_SECONDS = 5.0
 # librdkafka statistics, read only to learn when the idempotent producer got its producer id (see new_producer).
 STATS_INTERVAL_MS = 50
+BATCHES = BatchTimer("loms-relay")
 
 
-class DeliveryFailedError(Exception):
+class DeliveryFailedError(DependencyUnavailableError):
     """The broker did not acknowledge every message of a batch; the batch is sent again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("kafka", reason)
 
 
 @dataclass
@@ -46,6 +55,14 @@ class RelayStats:
     started_at: float = field(default_factory=time.monotonic)
     first_claim_at: float | None = None  # when the first non-empty claim was sent: draining time starts here
     last_delete_at: float | None = None
+    broker_ok: bool = True  # False from a batch the broker did not acknowledge until the next one it did
+
+    def acknowledged(self, rows: int, seconds: float) -> None:
+        """A batch of ``rows`` was acknowledged ``seconds`` after it was handed to the producer."""
+        BATCHES.observe(rows, seconds)
+        self.published += rows
+        self.batches += 1
+        self.broker_ok = True
 
     @property
     def drain_seconds(self) -> float | None:
@@ -181,15 +198,18 @@ async def publish(
             if time.monotonic() - stop_seen > STOP_FLUSH_SECONDS:
                 raise DeliveryFailedError(f"stopping with {len(producer)} messages unacknowledged")
     if errors:
-        raise DeliveryFailedError(f"{len(errors)} of {len(rows)} messages failed, first: {errors[0]}")
+        # Every delivery failure counts as transient: right after a broker restart librdkafka can report even an
+        # existing topic as unknown for a moment, and the batch must then simply go again.
+        raise DeliveryFailedError(f"{len(errors)} of {len(rows)} messages failed, first: {errors[0].str()}")
 
 
-async def pump(
+async def pump(  # noqa: PLR0915 - claim, send, ack and delete stay in one loop, in order
     conn: asyncpg.Connection,
     *,
     settings: LomsSettings,
     shutdown: Shutdown,
     stats: RelayStats,
+    retry: Retry,
     burst: bool = False,
 ) -> None:
     """Move outbox rows to Kafka until stopped (or, with ``burst``, until the outbox is empty).
@@ -234,6 +254,7 @@ async def pump(
                     # Draining starts when the first non-empty claim was sent, so its PostgreSQL time counts, as it
                     # does in the benchmark's raw claim-and-delete loop.
                     stats.first_claim_at = claimed_at
+            sent_at = time.perf_counter()
             sending = asyncio.create_task(publish(sender.producer, sender.errors, topic, rows, shutdown=shutdown))
             try:
                 await delete_acked()
@@ -249,11 +270,11 @@ async def pump(
             except DeliveryFailedError as exc:
                 sender = _after_failure(sender.producer, rows, exc, settings=settings, stats=stats)
                 rows = []  # claim again from the lowest id: the same batch, in the same order
-                if await shutdown.sleep(options.retry_backoff_seconds):
+                if await retry.wait(exc, dependency="kafka"):
                     return
                 continue
-            stats.published += len(rows)
-            stats.batches += 1
+            retry.ok()
+            stats.acknowledged(len(rows), time.perf_counter() - sent_at)
             late = late_rows_below(ahead, rows)
             acked, rows = rows, ([] if late else ahead)
         await delete_acked()
@@ -291,7 +312,9 @@ def _after_failure(
     """Log the failed batch and hand back a fresh producer: a new idempotence session, as the old one may hold a
     fatal error."""
     stats.failed_batches += 1
-    log.warning(
+    stats.broker_ok = False
+    # One line per failed batch at DEBUG only: the outage itself is logged once, when it starts and when it ends.
+    log.debug(
         "batch not acknowledged; it will be sent again",
         extra={"first_id": rows[0][0], "rows": len(rows), "error": str(exc)},
     )
@@ -299,39 +322,87 @@ def _after_failure(
     return new_producer(settings)
 
 
+def relay_probes(settings: LomsSettings, pool: asyncpg.Pool, stats: RelayStats) -> Probes:
+    """The relay's probes: active while it holds the relay lock, standby while it waits; PostgreSQL and Kafka answer;
+    the outbox backlog and its oldest row's age."""
+    probes = Probes(service="loms-relay", instance=settings.probe.instance)
+    pending, age = OUTBOX_PENDING.labels("loms"), OUTBOX_OLDEST_AGE.labels("loms")
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def kafka() -> bool:
+        return stats.broker_ok
+
+    async def outbox() -> None:
+        async with pool.acquire() as conn:
+            rows, oldest = await repository.outbox_backlog(conn)
+        pending.set(rows)
+        age.set(oldest)
+
+    probes.check("postgres", postgres)
+    probes.check("kafka", kafka)
+    probes.on_scrape("outbox", outbox)
+    return probes
+
+
 async def run_relay(settings: LomsSettings, shutdown: Shutdown, *, burst: bool = False) -> RelayStats:
-    """Composition root of the relay: wait to be the active relay, then pump; reconnect after a lost connection."""
+    """Composition root of the relay: its probes, then relay sessions until stopped."""
     stats = RelayStats()
-    while not shutdown.requested:
-        try:
-            conn = await asyncpg.connect(settings.postgres.dsn())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("cannot reach PostgreSQL; retrying", extra={"error": str(exc)})
-            await shutdown.sleep(settings.loms.retry_backoff_seconds)
-            continue
-        try:
-            if not await _become_active(conn, settings=settings, shutdown=shutdown):
-                return stats
-            log.info("relay active", extra={"topic": settings.events_topic()})
-            await pump(conn, settings=settings, shutdown=shutdown, stats=stats, burst=burst)
-            if burst:
-                log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
-                return stats
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("relay lost PostgreSQL; reconnecting", extra={"error": str(exc)})
-            await shutdown.sleep(settings.loms.retry_backoff_seconds)
-        finally:
-            await _close(conn)
-    log.info("relay stopped", extra={"published": stats.published, "batches": stats.batches})
+    probe_db = settings.postgres.model_copy(update={"pool_min": 0, "pool_max": 1})
+    async with postgres_pool(probe_db) as pool:
+        probes = relay_probes(settings, pool, stats)
+        async with serve_probes(settings.probe, probes):
+            await _relay_sessions(settings, shutdown, stats=stats, probes=probes, burst=burst)
     return stats
 
 
-async def _become_active(conn: asyncpg.Connection, *, settings: LomsSettings, shutdown: Shutdown) -> bool:
+async def _relay_sessions(
+    settings: LomsSettings, shutdown: Shutdown, *, stats: RelayStats, probes: Probes, burst: bool
+) -> None:
+    """Wait to be the active relay, then pump; reconnect after a lost connection.
+
+    While PostgreSQL or Kafka is away the relay waits (one log line when a server goes, one when it is back) and
+    sends the same batch again from the lowest id once it can; a permanent fault (database or topic missing) stops
+    it with one line naming the fix.
+    """
+    cap = max(settings.loms.retry_backoff_seconds, 5.0)
+    retry = Retry(shutdown, first=min(0.1, settings.loms.retry_backoff_seconds), cap=cap, logger=log)
+    while not shutdown.requested:
+        try:
+            conn = await asyncpg.connect(settings.postgres.dsn())
+        except Exception as exc:
+            if await retry.wait(exc, dependency="postgres"):
+                break
+            continue
+        try:
+            if not await _become_active(conn, settings=settings, shutdown=shutdown, probes=probes):
+                return
+            probes.set_role("active")
+            retry.ok()
+            log.info("relay active", extra={"topic": settings.events_topic()})
+            await pump(conn, settings=settings, shutdown=shutdown, stats=stats, retry=retry, burst=burst)
+            if burst:
+                log.info("relay burst done", extra={"published": stats.published, "drain_s": stats.drain_seconds})
+                return
+        except Exception as exc:
+            if await retry.wait(exc, dependency="postgres"):
+                break
+        finally:
+            probes.set_role("starting")
+            await _close(conn)
+    log.info("relay stopped", extra={"published": stats.published, "batches": stats.batches})
+
+
+async def _become_active(
+    conn: asyncpg.Connection, *, settings: LomsSettings, shutdown: Shutdown, probes: Probes
+) -> bool:
     """Hold the relay lock (session-level, so it goes away with a dead process's connection)."""
     waiting_logged = False
     while not shutdown.requested:
         if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
             return True
+        probes.set_role("standby")
         if not waiting_logged:
             log.info("another relay is active; standing by")
             waiting_logged = True

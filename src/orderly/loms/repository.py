@@ -103,3 +103,12 @@ async def seed_stocks(conn: asyncpg.Connection, stocks: Sequence[dict[str, int]]
         [s.get("reserved", 0) for s in stocks],
     )
     return int(result.rsplit(" ", 1)[-1])
+
+
+async def outbox_backlog(conn: asyncpg.Connection) -> tuple[int, float]:
+    """Outbox rows waiting for the relay, and the age in seconds of the oldest (0 when none wait)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM outbox) AS pending,
+                  coalesce(extract(epoch FROM now() - (SELECT created_at FROM outbox ORDER BY id LIMIT 1)), 0) AS age"""
+    )
+    return int(row["pending"]), max(float(row["age"]), 0.0)

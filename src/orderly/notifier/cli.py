@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from orderly.platform.flags import HealthPort, use_health_port
+
 app = typer.Typer(help="notifier: log every order-status event (consumer group `notifier`).")
 
 
@@ -15,6 +17,7 @@ def run(
     group: Annotated[str | None, typer.Option(help="consumer group (kafka.topic_prefix is prepended)")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="processing attempts before the DLQ")] = None,
     commit_interval_ms: Annotated[int | None, typer.Option(help="background commit of stored offsets")] = None,
+    health_port: HealthPort = None,
 ) -> None:
     """Consume loms.order-events and print one JSON line per event."""
     from orderly.notifier.consumer import run_notifier
@@ -22,6 +25,7 @@ def run(
     from orderly.platform.lifecycle import Shutdown, run_process
     from orderly.platform.logging import configure_logging
 
+    use_health_port(health_port)
     settings = notifier_settings(
         instance=instance, group=group, max_attempts=max_attempts, commit_interval_ms=commit_interval_ms
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -116,16 +117,20 @@ class DeadLetterCounter:
         self.reader = DlqReader(settings)
         self._seen: dict[int, tuple[int, int]] | None = None
         self._count = 0
+        # A count cut short by a stop goes on in its thread: close waits for it rather than close the consumer under it.
+        self._lock = threading.Lock()
 
     def count(self) -> int:
-        ends = self.reader.ends()
-        if ends != self._seen:
-            self._count = len(self.reader.read().waiting())
-            self._seen = ends
-        return self._count
+        with self._lock:
+            ends = self.reader.ends()
+            if ends != self._seen:
+                self._count = len(self.reader.read().waiting())
+                self._seen = ends
+            return self._count
 
     def close(self) -> None:
-        self.reader.close()
+        with self._lock:
+            self.reader.close()
 
 
 def _letter(message: Message) -> DeadLetter:

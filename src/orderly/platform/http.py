@@ -6,9 +6,12 @@ service's contract says otherwise; validation errors name every bad field. No tr
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import importlib.util
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderly.platform.errors import OutcomeUnknownError, Transient, classify
+from orderly.platform.orphans import die_with_parent
+from orderly.platform.retry import OutageLog
 from orderly.platform.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -74,8 +80,44 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
 
 
+RETRY_AFTER_S = 1
+READINESS_TIMEOUT_S = 5.0  # a dependency that does not answer a probe within this is not ready
+# One line when a dependency starts failing requests, not one per request (see OutageLog).
+_outages = OutageLog(logger=log)
+
+
+def unavailable_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After: ``dependency`` is down or restarting and nothing was done."""
+    body = error_body("dependency_unavailable", f"{dependency} is unavailable; retry later") | {
+        "dependency": dependency
+    }
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def outcome_unknown_response(dependency: str) -> JSONResponse:
+    """503 with Retry-After for a write whose commit was cut off: it may or may not have been applied."""
+    message = (
+        f"the connection to {dependency} broke while the write was being committed: it may have been applied; "
+        "read before retrying"
+    )
+    body = error_body("outcome_unknown", message) | {"dependency": dependency}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def internal_error(path: str, exc: BaseException) -> JSONResponse:
-    """Log an unexpected error with its traceback and answer the uniform 500 (nothing of it reaches the client)."""
+    """The answer to an error that no handler of the service took (the FastAPI app and the fast paths alike).
+
+    An outage is not a bug: a transient fault of a dependency answers 503 naming it (``dependency_unavailable``, or
+    ``outcome_unknown`` when a commit was cut off), with Retry-After, so that a client knows to retry. Anything else
+    is logged with its traceback and answered with the uniform 500 (nothing of it reaches the client).
+    """
+    if isinstance(exc, OutcomeUnknownError):
+        _outages.note(exc.dependency, exc, f"answering 503 outcome_unknown ({path})")
+        return outcome_unknown_response(exc.dependency)
+    fault = classify(exc)
+    if isinstance(fault, Transient):
+        _outages.note(fault.dependency, exc, "answering 503")
+        return unavailable_response(fault.dependency)
     log.error("unhandled error", exc_info=exc, extra={"path": path, "error_type": type(exc).__name__})
     return error_response(500, "internal_error", "internal error; see the server log")
 
@@ -109,6 +151,36 @@ class RouteMetrics:
             counter = self._requests[route, status] = REQUESTS.labels(self.service, route, str(status))
         counter.inc()
         self._latency[route].observe(time.perf_counter() - started)
+
+
+class ErrorMiddleware:
+    """Answers an exception that no handler took with ``internal_error`` (503 for an outage, else 500).
+
+    It sits inside the metrics middleware, so the status counted is the one the client got, and the exception goes no
+    further: Starlette's outermost error middleware would re-raise it to the server, which logs every one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            await internal_error(scope["path"], exc)(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -160,11 +232,12 @@ def create_app(
         results: dict[str, bool] = {}
         for name, check in checks.items():
             try:
-                results[name] = await check(request)
+                results[name] = await asyncio.wait_for(check(request), READINESS_TIMEOUT_S)
             except Exception:
                 results[name] = False
         ready = all(results.values())
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        headers = None if ready else {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503, headers=headers)
 
     @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -177,6 +250,7 @@ def create_app(
     for exc_type, handler in (exception_handlers or {}).items():
         app.add_exception_handler(exc_type, handler)
     app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(ErrorMiddleware)
     app.add_middleware(MetricsMiddleware, service=service)
     return app
 
@@ -204,7 +278,22 @@ def serve(factory: str, http: HttpSettings, *, process_name: str) -> None:
         process_name=process_name if importlib.util.find_spec("setproctitle") else None,
         respawn_failed_workers=True,
         workers_kill_timeout=10,
-    ).serve()
+    ).serve(target_loader=load_app_in_worker)
+
+
+def load_app_in_worker(target: str) -> Any:
+    """granian's target loader, called in each worker process: tie the worker's life to its parent, build the app.
+
+    A worker is a child of granian's main process. If that process dies, even by ``kill -9``, the kernel kills the
+    worker too (``PR_SET_PDEATHSIG``), so no orphan keeps serving the port beside a restarted API.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    die_with_parent(signal.SIGKILL, parent_pid=parent.pid if parent is not None else None)
+    module_name, _, factory_name = target.partition(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory()
 
 
 def export_to_environment(prefix: str, values: Mapping[str, object | None]) -> None:

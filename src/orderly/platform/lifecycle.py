@@ -14,6 +14,12 @@ import uvloop
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_SECONDS = 10.0
+# The exit code of a process whose drain ran out of time and cancelled in-flight work (as GNU timeout's 124): its
+# supervisor sees that the stop was not clean.
+EXIT_DRAIN_CUT_SHORT = 124
+# A permanent fault (database missing, credentials refused): restarting will not help until the operator acts.
+# sysexits' EX_CONFIG, so a supervisor can tell it from a crash.
+EXIT_PERMANENT = 78
 
 
 class Shutdown:
@@ -48,8 +54,11 @@ class Shutdown:
             loop.add_signal_handler(sig, self.request, sig.name)
 
 
-async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline: float) -> None:
-    """Run ``main`` until it returns; after a stop request give it ``deadline`` seconds to finish, then cancel it."""
+async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline: float) -> bool:
+    """Run ``main`` until it returns; after a stop request give it ``deadline`` seconds to finish, then cancel it.
+
+    Returns True when ``main`` finished on its own, False when the deadline cut it short.
+    """
     task = asyncio.create_task(main)
     stop = asyncio.create_task(shutdown.wait())
     try:
@@ -62,22 +71,36 @@ async def drain(main: Coroutine[Any, Any, None], shutdown: Shutdown, *, deadline
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                return False
         else:
             await task
     finally:
         stop.cancel()
+    return True
 
 
 def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
-    """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop."""
+    """The entry of every long-running process: uvloop, signal handlers, a bounded drain, exit 0 on a clean stop.
 
-    async def runner() -> None:
+    A permanent fault (``PermanentError``) ends the process with one line naming the fix and ``EXIT_PERMANENT``.
+
+    A drain cut short by its deadline exits with ``EXIT_DRAIN_CUT_SHORT``.
+    """
+    from orderly.platform.errors import PermanentError
+
+    async def runner() -> bool:
         shutdown = Shutdown()
         shutdown.install_signal_handlers()
 
         async def body() -> None:
             await main(shutdown)
 
-        await drain(body(), shutdown, deadline=drain_seconds)
+        return await drain(body(), shutdown, deadline=drain_seconds)
 
-    uvloop.run(runner())
+    try:
+        clean = uvloop.run(runner())
+    except PermanentError as exc:
+        log.critical("%s", exc, extra={"dependency": exc.fault.dependency, "fix": exc.fault.fix})
+        raise SystemExit(EXIT_PERMANENT) from None
+    if not clean:
+        raise SystemExit(EXIT_DRAIN_CUT_SHORT)

@@ -5,6 +5,8 @@ Only composition roots and test fixtures call these; services receive the opened
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from clickhouse_driver import Client as ClickHouseClient
     from nats.aio.client import Client as NatsClient
 
+from orderly.platform.errors import Transient, classify
 from orderly.platform.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -27,12 +30,31 @@ from orderly.platform.settings import (
     RedisSettings,
 )
 
+log = logging.getLogger(__name__)
+
+
+def _lazy_after(exc: Exception, dependency: str) -> bool:
+    """Whether a pool that could not open its first connections should start empty instead (a transient fault: the
+    server is away or restarting). Requests then get 503 until it is back, rather than the process failing to start;
+    a permanent fault (database missing, credentials refused) still stops it."""
+    if not isinstance(classify(exc, dependency=dependency), Transient):
+        return False
+    log.warning("%s unavailable at start: %s; the pool connects on first use", dependency, " ".join(str(exc).split()))
+    return True
+
 
 @asynccontextmanager
 async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> AsyncIterator[asyncpg.Pool]:
     import asyncpg
 
-    pool = await asyncpg.create_pool(settings.dsn(), min_size=settings.pool_min, max_size=settings.pool_max, **kwargs)
+    try:
+        pool = await asyncpg.create_pool(
+            settings.dsn(), min_size=settings.pool_min, max_size=settings.pool_max, **kwargs
+        )
+    except Exception as exc:
+        if not _lazy_after(exc, "postgres"):
+            raise
+        pool = await asyncpg.create_pool(settings.dsn(), min_size=0, max_size=settings.pool_max, **kwargs)
     try:
         yield pool
     finally:
@@ -43,17 +65,25 @@ async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> AsyncItera
 async def mysql_pool(settings: MySQLSettings, **kwargs: Any) -> AsyncIterator[Any]:
     import asyncmy
 
-    pool = await asyncmy.create_pool(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        password=settings.password.get_secret_value(),
-        db=settings.database,
-        minsize=settings.pool_min,
-        maxsize=settings.pool_max,
-        autocommit=False,
-        **kwargs,
-    )
+    def create(minsize: int) -> Any:
+        return asyncmy.create_pool(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password.get_secret_value(),
+            db=settings.database,
+            minsize=minsize,
+            maxsize=settings.pool_max,
+            autocommit=False,
+            **kwargs,
+        )
+
+    try:
+        pool = await create(settings.pool_min)
+    except Exception as exc:
+        if not _lazy_after(exc, "mysql"):
+            raise
+        pool = await create(0)
     try:
         yield pool
     finally:
@@ -111,6 +141,39 @@ def clickhouse_client(settings: ClickHouseSettings, *, database: str | None = No
     )
 
 
+# librdkafka retries a lost broker every few dozen milliseconds and logs each failed connect. Its log goes through
+# this logger instead of straight to stderr, and a repeat of the same kind of line within KAFKA_LOG_QUIET_S is dropped:
+# an outage shows as one line per client, and the process's own Retry says when it is over.
+KAFKA_LOG_QUIET_S = 30.0
+
+
+class _OncePerOutage(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        # confluent-kafka logs ("%s [%s] %s", facility, client name, text). One kind of line is its facility, across
+        # clients: the loms relay starts a fresh producer after every failed batch.
+        args = record.args if isinstance(record.args, tuple) else ()
+        key = str(args[0]) if args else str(record.msg)
+        now = time.monotonic()
+        last = self._last.get(key)
+        self._last[key] = now
+        return last is None or now - last > KAFKA_LOG_QUIET_S
+
+
+librdkafka_log = logging.getLogger("librdkafka")
+librdkafka_log.addFilter(_OncePerOutage())
+
+
 def kafka_config(settings: KafkaSettings, **overrides: Any) -> Mapping[str, Any]:
     """The librdkafka configuration shared by producers, consumers and admin clients."""
-    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": "orderly", **overrides}
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": "orderly",
+        "logger": librdkafka_log,
+        **overrides,
+    }

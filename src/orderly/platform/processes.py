@@ -10,7 +10,7 @@ the whole system beside the usual one).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 SUPERVISOR_PORT = 9100  # `orderly up` itself: /status (JSON) and /metrics (restarts, states)
 
@@ -55,3 +55,52 @@ class ProcessSpec:
     def probe_port(self) -> int | None:
         """Where this process answers /healthz, /readyz and /metrics (None for init steps)."""
         return self.http_port or self.health_port
+
+
+def with_port_offset(spec: ProcessSpec, offset: int) -> ProcessSpec:
+    """The same process with every port it is handed moved by ``offset``: its port fields and its port flags.
+
+    A port flag is any ``--<name>-port`` or ``--port`` argument (``--port 8101``, ``--health-port=9111``), so a spec
+    that gains a port flag is covered without touching this function.
+    """
+    if offset == 0:
+        return spec
+    args: list[str] = []
+    shift_next = False
+    for arg in spec.args:
+        if shift_next:
+            args.append(str(int(arg) + offset))
+            shift_next = False
+        elif _is_port_flag(arg.split("=", 1)[0]) and "=" in arg:
+            flag, value = arg.split("=", 1)
+            args.append(f"{flag}={int(value) + offset}")
+        else:
+            args.append(arg)
+            shift_next = _is_port_flag(arg)
+    return replace(
+        spec,
+        args=tuple(args),
+        http_port=None if spec.http_port is None else spec.http_port + offset,
+        health_port=None if spec.health_port is None else spec.health_port + offset,
+    )
+
+
+def _is_port_flag(arg: str) -> bool:
+    return arg == "--port" or (arg.startswith("--") and arg.endswith("-port"))
+
+
+def api_process(name: str, *args: str, port: int) -> ProcessSpec:
+    """An API process on ``port`` (`orderly up` shifts it by the offset); ``args`` are given ``--port`` with it."""
+    return ProcessSpec(name=name, args=(*args, "--port", str(port)), http_port=port)
+
+
+def background_process(name: str, *args: str) -> ProcessSpec:
+    """A background process: its health port from ``HEALTH_PORTS`` as ``--health-port`` (`orderly up` shifts it by
+    the offset), and its name as the ``instance`` of its metrics."""
+    port = HEALTH_PORTS[name]
+    return ProcessSpec(
+        name=name,
+        args=(*args, "--health-port", str(port)),
+        env={"ORDERLY_PROBE__INSTANCE": name},
+        health_port=port,
+    )

@@ -129,6 +129,15 @@ def wait_until(check: Callable[[], bool], *, timeout: float) -> bool:
     return bool(retrying(check))
 
 
+def exited(proc: psutil.Process) -> bool:
+    """Whether a process has exited. A zombie has: its parent (e.g. the `orderly up` that started the stack and
+    forgot the child) just has not reaped it, and psutil's own wait would take it for alive."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class ProcessDiedError(Exception):
     pass
 
@@ -322,7 +331,7 @@ class Server(ABC):
                 proc = psutil.Process(pid)
                 children = proc.children(recursive=True)
                 proc.send_signal(self.stop_signal)
-                _, alive = psutil.wait_procs([proc], timeout=self.stop_timeout)
+                alive = [] if wait_until(lambda: exited(proc), timeout=self.stop_timeout) else [proc]
                 for straggler in [*alive, *children]:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         straggler.kill()

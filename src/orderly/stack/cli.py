@@ -12,7 +12,7 @@ from rich.table import Table
 from orderly.stack.base import StackError
 from orderly.stack.manager import Stack
 
-app = typer.Typer(help="Start, stop and inspect the local stack of seven real servers.", no_args_is_help=True)
+app = typer.Typer(help="Start, stop and inspect the local stack of eight real servers.", no_args_is_help=True)
 console = Console(highlight=False)
 Servers = Annotated[list[str] | None, typer.Argument(help="Server names (default: all).", show_default=False)]
 

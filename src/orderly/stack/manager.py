@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ class Stack:
         self.root = root or default_root()
         self.settings = settings or InfraSettings()
         self._run_as: str | None = None
+        self._user_lock = threading.Lock()
 
     def servers(self, names: Iterable[str] | None = None) -> list[Server]:
         ctx = StackContext(root=self.root, settings=self.settings, run_as=self._run_as)
@@ -92,6 +94,17 @@ class Stack:
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:
             stopped = list(pool.map(lambda server: server.stop(), servers))
         return [server.name for server, did in zip(servers, stopped, strict=True) if did]
+
+    def restart(self, name: str) -> float:
+        """Stop one server and start it again, as an operator's restart would; returns the seconds until ready."""
+        with self._user_lock:  # restarts of several servers may run at once; the user is made once
+            self._run_as = ensure_service_user(self.root)
+        [server] = self.servers([name])
+        began = time.monotonic()
+        server.stop()
+        server.start()
+        server.await_ready()
+        return time.monotonic() - began
 
     def status(self) -> list[ServerStatus]:
         return [

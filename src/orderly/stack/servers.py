@@ -1,4 +1,4 @@
-"""The seven servers of the local stack, each bound to 127.0.0.1 on the ports from the settings."""
+"""The eight servers of the local stack, each bound to 127.0.0.1 on the ports from the settings."""
 
 from __future__ import annotations
 
@@ -136,6 +136,10 @@ class MariaDB(Server):
         return debian_version(self.package)
 
 
+REDIS_MAXMEMORY = "256mb"
+REDIS_MAXMEMORY_POLICY = "volatile-lru"
+
+
 class Redis(Server):
     name = "redis"
     package = "redis-server"
@@ -150,10 +154,14 @@ class Redis(Server):
 
     def command(self) -> list[str]:
         # No persistence: the stack's Redis keeps nothing on disk (the docs say which promises depend on that).
+        # A memory cap whose policy evicts only keys that carry a TTL (volatile-lru): cached pages and answers, and
+        # in-progress marks, whose loss costs speed, never correctness. Keys without a TTL (the items cache's
+        # generation counter) are never evicted; with nothing volatile left, writes fail like a Redis outage.
         return [
             "redis-server", "--port", str(self.main_port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--pidfile", str(self.own_pid_file()), "--logfile", str(self.log_path), "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--maxclients", "2000",
+            "--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", REDIS_MAXMEMORY_POLICY,
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
@@ -264,6 +272,7 @@ class RabbitMQ(Server):
             "management": cfg.management_port,
             "distribution": cfg.distribution_port,
             "epmd": cfg.epmd_port,
+            "stomp": cfg.stomp_port,
         }
 
     @property
@@ -301,18 +310,24 @@ class RabbitMQ(Server):
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.ports['management']}\n"
+            f"stomp.listeners.tcp.1 = 127.0.0.1:{self.ports['stomp']}\n"
             "log.console = false\nlog.file.level = info\n"
         )
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        # STOMP: clients may write into ingest's queue directly (docs/ingest.md, "STOMP").
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_stomp].\n")
 
     def command(self) -> list[str]:
         return [str(RABBITMQ_BIN / "rabbitmq-server")]
 
     def is_ready(self) -> bool:
         cfg = self.settings.rabbitmq
-        return accepts_tcp(cfg.port) and http_ok(
-            f"http://127.0.0.1:{cfg.management_port}/api/overview",
-            auth=(cfg.user, cfg.password.get_secret_value()),
+        return (
+            accepts_tcp(cfg.port)
+            and accepts_tcp(cfg.stomp_port)
+            and http_ok(
+                f"http://127.0.0.1:{cfg.management_port}/api/overview",
+                auth=(cfg.user, cfg.password.get_secret_value()),
+            )
         )
 
     def after_stop(self) -> None:
@@ -445,4 +460,53 @@ class Kafka(Server):
         return bool(metadata.brokers)
 
 
-ALL_SERVERS: tuple[type[Server], ...] = (Postgres, MariaDB, Redis, Nats, ClickHouse, RabbitMQ, Kafka)
+class Prometheus(Server):
+    """Prometheus, scraping every process of `orderly up` and evaluating orderly's alert rules."""
+
+    name = "prometheus"
+    package = "prometheus"
+    binaries = ("prometheus",)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"http": self.settings.prometheus.port}
+
+    @property
+    def log_path(self) -> Path:
+        return self.console_path  # prometheus logs to stderr
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "prometheus.yml"
+
+    def prepare(self) -> None:
+        """Write the rules and a scrape configuration for the processes `orderly up` runs now (offset included)."""
+        import json
+
+        from orderly.runner import service_processes
+        from orderly.stack.scrape import RULES_FILE, rules_text, scrape_config
+
+        self.mkdir(self.dir / "data")
+        rules = self.dir / RULES_FILE
+        rules.write_text(rules_text())
+        # JSON is YAML: no YAML writer needed for a generated file.
+        config = scrape_config(service_processes(), rules=str(rules))
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        for path in (rules, self.config_path):
+            self.chown(path)
+
+    def command(self) -> list[str]:
+        return [
+            "prometheus", f"--config.file={self.config_path}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.main_port}", "--storage.tsdb.retention.time=7d",
+            "--web.enable-lifecycle",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.main_port}/-/ready")
+
+    def version(self) -> str:
+        return debian_version(self.package)
+
+
+ALL_SERVERS: tuple[type[Server], ...] = (Postgres, MariaDB, Redis, Nats, ClickHouse, RabbitMQ, Kafka, Prometheus)

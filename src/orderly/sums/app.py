@@ -18,14 +18,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orderly.platform.http import RouteMetrics, error_response, internal_error, query_params
+from orderly.platform.http import RouteMetrics, error_body, error_response, internal_error, query_params
 from orderly.platform.http import create_app as platform_app
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import mysql_pool, redis_client
 from orderly.sums.cache import IdempotencyCache
 from orderly.sums.domain import (
+    CommitOutcomeUnknownError,
     InvalidInputError,
     KeyReusedError,
+    OverloadedError,
     RequestInProgressError,
     StorageUnavailableError,
     SumRequest,
@@ -33,7 +35,7 @@ from orderly.sums.domain import (
 )
 from orderly.sums.reference import ReferenceSums
 from orderly.sums.repository import SESSION_INIT, SumStore
-from orderly.sums.service import Answer, CommitBatcher, SumsService, crash_hook, purge_expired_keys
+from orderly.sums.service import Answer, CommitBatcher, SumsService, purge_expired_keys
 from orderly.sums.settings import SumsOptions, SumsSettings
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,22 @@ async def _in_progress(_request: Request, exc: RequestInProgressError) -> JSONRe
 
 
 async def _unavailable(_request: Request, exc: StorageUnavailableError) -> JSONResponse:
-    return error_response(503, "storage_unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, CommitOutcomeUnknownError):
+        message = f"{exc}; send it again with the same idempotency key to learn the outcome"
+        return JSONResponse(
+            error_body("outcome_unknown", message) | {"dependency": "mysql"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse(
+        error_body("storage_unavailable", str(exc)) | {"dependency": "mysql"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:
+    return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
 
 
 ErrorHandler = Callable[[Request, Any], Awaitable[JSONResponse]]
@@ -103,6 +120,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     KeyReusedError: _reused,
     RequestInProgressError: _in_progress,
     StorageUnavailableError: _unavailable,
+    OverloadedError: _overloaded,
 }
 
 
@@ -195,8 +213,14 @@ async def _purge_loop(store: SumStore, options: SumsOptions) -> None:
             log.info("purged expired idempotency keys", extra={"deleted": deleted})
 
 
-def create_app(settings: SumsSettings | None = None) -> ASGIApp:
-    """Composition root of one API instance: settings, pools, the batcher, the purge job, the routes."""
+def create_app(
+    settings: SumsSettings | None = None, *, on_committed: Callable[[tuple[str, ...]], None] | None = None
+) -> ASGIApp:
+    """Composition root of one API instance: settings, pools, the batcher, the purge job, the routes.
+
+    ``on_committed`` is called with the keys of each committed batch before their answers go to Redis (a seam for
+    fault-injection tests, which compose their own app with it; the production entry point passes nothing).
+    """
     settings = settings or SumsSettings()
     configure_logging(settings.log, process=f"sums-api:{settings.http.port}")
     options = settings.sums
@@ -212,9 +236,7 @@ def create_app(settings: SumsSettings | None = None) -> ASGIApp:
             cache = IdempotencyCache(
                 client, prefix=settings.redis.key_prefix, skip_after_failure_s=options.redis_retry_after_s
             )
-            async with CommitBatcher(
-                store=store, cache=cache, options=options, on_committed=crash_hook(options.crash_after_commit_key)
-            ) as batcher:
+            async with CommitBatcher(store=store, cache=cache, options=options, on_committed=on_committed) as batcher:
                 service: Submitter
                 if options.mode == "reference":
                     service = ReferenceSums(

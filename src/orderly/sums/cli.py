@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from orderly.platform.settings import HttpSettings, MySQLSettings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 app = typer.Typer(
     help="The idempotent lifetime sum (MySQL + Redis), served by several instances.", no_args_is_help=True
@@ -40,11 +45,11 @@ def api(
     export_to_environment("ORDERLY_SUMS__", {"mode": mode})
     http = SumsSettings().http
     if http.workers == 1:
-        raise typer.Exit(_serve_in_process(http, process_name=f"orderly-sums-{first}"))
+        raise typer.Exit(serve_in_process(http, process_name=f"orderly-sums-{first}"))
     serve("orderly.sums.app:create_app", http, process_name=f"orderly-sums-{first}")
 
 
-def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
+def serve_in_process(http: HttpSettings, *, process_name: str, factory: Callable[[], ASGIApp] | None = None) -> int:
     """Serve one worker in this very process with granian's embedded server (``granian.server.embed``).
 
     granian's usual server forks a worker and stays behind as its supervisor: a second Python process holding the
@@ -52,6 +57,7 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
     nothing for a supervisor to balance, so the worker runs here, on uvloop, and SIGTERM/SIGINT stop it gracefully
     (the lifespan shuts the batcher and pools down). If the process dies, its process manager restarts it
     (compose: ``restart: unless-stopped``; `orderly up` stops the group and reports it). Returns the exit code.
+    ``factory`` builds the app (default: the production ``create_app``; fault-injection tests pass their own).
     """
     import importlib.util
 
@@ -66,7 +72,7 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
 
         setproctitle.setproctitle(process_name)
     server = Server(
-        create_app,
+        factory or create_app,
         factory=True,
         address=http.host,
         port=http.port,
@@ -86,22 +92,40 @@ def _serve_in_process(http: HttpSettings, *, process_name: str) -> int:
 
 
 def _run_instances(first: int, count: int, mode: str | None) -> int:
-    """Start ``count`` single-instance children and stop them all on SIGTERM/SIGINT or when one exits."""
+    """Start ``count`` single-instance children; stop them all on SIGTERM/SIGINT or as soon as any one exits.
+
+    Returns the highest exit code; an instance that exited on its own while nobody asked it to stop counts as a
+    failure (1) even with code 0, since instances serve until they are told to stop. The children die with this
+    process even when it is killed with -9 (``PR_SET_PDEATHSIG``): no orphan instance keeps serving a port.
+    """
+    from orderly.platform.orphans import dying_with_this_process
+
     extra = ["--mode", mode] if mode else []
     children = [
-        subprocess.Popen([sys.executable, "-m", "orderly", "sums", "api", "--port", str(first + i), *extra])
+        subprocess.Popen(
+            [sys.executable, "-m", "orderly", "sums", "api", "--port", str(first + i), *extra],
+            preexec_fn=dying_with_this_process(),  # noqa: PLW1509 - no threads run here yet
+        )
         for i in range(count)
     ]
+    stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Block until any child has exited; WNOWAIT leaves it unreaped, so Popen.poll below still collects its code.
+    while not any(child.poll() is not None for child in children):
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    unexpected = not stopping
+    stop(signal.SIGTERM, None)
     codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    return max(*codes, 1) if unexpected else max(codes)
 
 
 @app.command()

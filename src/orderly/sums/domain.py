@@ -47,6 +47,16 @@ class StorageUnavailableError(SumsError):
     """MySQL could not be reached or the transaction failed; nothing is known to be applied (503, retryable)."""
 
 
+class OverloadedError(SumsError):
+    """Too many requests already wait for a commit; this one was not queued, nothing applied (503, retryable)."""
+
+
+class CommitOutcomeUnknownError(StorageUnavailableError):
+    """MySQL's connection broke during the COMMIT: the request may have been applied (503, ``outcome_unknown``).
+
+    A request with an idempotency key learns its outcome by being sent again with the same key."""
+
+
 @dataclass(frozen=True)
 class SumRequest:
     """A validated request: a natural number to add (None: only read) and an optional idempotency key."""

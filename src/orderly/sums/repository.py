@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncmy.errors
 
-from orderly.sums.domain import StorageUnavailableError, StoredResponse
+from orderly.sums.domain import CommitOutcomeUnknownError, StorageUnavailableError, StoredResponse
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class SumTransaction:
             return {}
         marks = ", ".join(["%s"] * len(wanted))
         await self._cur.execute(
-            f"SELECT ikey, fingerprint, response FROM idempotency_keys WHERE ikey IN ({marks})",
+            # Only the count of %s placeholders is interpolated; the keys are bound parameters.
+            f"SELECT ikey, fingerprint, response FROM idempotency_keys WHERE ikey IN ({marks})",  # noqa: S608
             [k.encode() for k in wanted],
         )
         rows = await self._cur.fetchall()
@@ -55,7 +56,8 @@ class SumTransaction:
             params += [key.encode(), response.fingerprint, response.body.decode(), ttl_s]
         if values:
             await self._cur.execute(
-                "INSERT INTO idempotency_keys (ikey, fingerprint, response, created_at, expires_at) VALUES "
+                # One fixed placeholder tuple per row is joined in; every value is a bound parameter.
+                "INSERT INTO idempotency_keys (ikey, fingerprint, response, created_at, expires_at) VALUES "  # noqa: S608
                 + ", ".join(values),
                 params,
             )
@@ -75,13 +77,16 @@ class SumStore:
     async def transaction(self) -> AsyncIterator[SumTransaction]:
         """A transaction committed when the block exits cleanly and rolled back otherwise.
 
-        Driver and network errors surface as ``StorageUnavailableError``. A broken connection is closed, not reused.
+        Driver and network errors surface as ``StorageUnavailableError`` (``CommitOutcomeUnknownError`` when they cut
+        the COMMIT off). A broken connection is closed, not reused.
         """
+        committing = False
         try:
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.cursor() as cur:
                         yield SumTransaction(cur)
+                    committing = True
                     await conn.commit()
                 except BaseException:
                     with contextlib.suppress(*_STORAGE_ERRORS):
@@ -89,7 +94,11 @@ class SumStore:
                     conn.close()
                     raise
         except _STORAGE_ERRORS as error:
-            log.warning("mysql transaction failed", extra={"error": repr(error)})
+            log.warning("mysql transaction failed", extra={"error": repr(error), "during_commit": committing})
+            if committing:
+                raise CommitOutcomeUnknownError(
+                    "the connection to mysql broke during the commit: the request may have been applied"
+                ) from error
             raise StorageUnavailableError("the sum store is unavailable") from error
 
     async def _fetch_one(self, sql: str, args: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orderly.platform.metrics import BatchTimer
 from orderly.sums.cache import CacheUnavailableError, IdempotencyCache
 from orderly.sums.domain import (
     Applied,
@@ -17,6 +17,7 @@ from orderly.sums.domain import (
     InProgressMark,
     KeyReusedError,
     Outcome,
+    OverloadedError,
     Replayed,
     RequestInProgressError,
     StorageUnavailableError,
@@ -32,6 +33,7 @@ from orderly.sums.repository import SumStore
 from orderly.sums.settings import SumsOptions
 
 log = logging.getLogger(__name__)
+BATCHES = BatchTimer("sums-committer")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class CommitBatcher:
         self._cache = cache
         self._options = options
         self._on_committed = on_committed
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=options.queue_max)
         self._workers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> CommitBatcher:
@@ -87,8 +89,13 @@ class CommitBatcher:
                 pending.future.set_exception(StorageUnavailableError("the service is shutting down"))
 
     async def submit(self, request: SumRequest) -> Outcome:
+        """Queue the request for the next transaction and await its outcome; OverloadedError when the queue is full."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
+        try:
+            self._queue.put_nowait(_Pending(request, future))
+        except asyncio.QueueFull:
+            waiting = self._queue.maxsize
+            raise OverloadedError(f"{waiting} requests already wait for a commit; retry shortly") from None
         return await future
 
     async def _next_batch(self) -> list[_Pending]:
@@ -123,12 +130,13 @@ class CommitBatcher:
                     pending.future.set_result(outcome)
 
     async def _commit(self, requests: list[SumRequest]) -> tuple[Outcome, ...]:
-        async with self._store.transaction() as tx:
-            total = await tx.lock_total()
-            stored = await tx.stored_keys(r.key for r in requests if r.key is not None)
-            plan = plan_batch(total, requests, stored)
-            await tx.insert_keys(plan.new_keys, ttl_s=self._options.key_ttl_s)
-            await tx.add(plan.delta)
+        with BATCHES.batch(len(requests)):
+            async with self._store.transaction() as tx:
+                total = await tx.lock_total()
+                stored = await tx.stored_keys(r.key for r in requests if r.key is not None)
+                plan = plan_batch(total, requests, stored)
+                await tx.insert_keys(plan.new_keys, ttl_s=self._options.key_ttl_s)
+                await tx.add(plan.delta)
         if self._on_committed is not None:
             self._on_committed(tuple(key for key, _ in plan.new_keys))
         with contextlib.suppress(CacheUnavailableError):
@@ -211,19 +219,6 @@ class SumsService:
         if isinstance(outcome, Replayed):
             return Answer(outcome.body, replayed=True)
         raise KeyReusedError(f"idempotency key {request.key!r} was used with a different request")
-
-
-def crash_hook(key: str | None) -> Callable[[tuple[str, ...]], None] | None:
-    """The documented test hook: exit abruptly right after a commit that stored ``key`` (before the Redis write)."""
-    if key is None:
-        return None
-
-    def crash_if_committed(keys: tuple[str, ...]) -> None:
-        if key in keys:
-            log.warning("test hook: crashing after the mysql commit", extra={"key": key})
-            os._exit(137)
-
-    return crash_if_committed
 
 
 async def purge_expired_keys(*, store: SumStore, batch: int, max_batches: int = 100) -> int:

@@ -9,15 +9,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 
+from orderly.ingest.client import NotAcceptedError, StompSender
+from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Processes, Spawned, free_port, infra_env
+from tests.plumbing import Processes, Spawned, free_port, infra_env, wait_until
 
 
 def migrate(settings: InfraSettings) -> dict[str, str]:
@@ -42,21 +43,14 @@ def start_api(processes: Processes, env: dict[str, str]) -> tuple[Spawned, int]:
     return api, port
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
+async def wait_for_line(process: Spawned, needle: str, *, within: float) -> None:
+    """Wait for a stderr line containing ``needle``; fail at once, with its last lines, if the process exits."""
 
-
-def wait_for_line(process: Spawned, needle: str, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(needle in line for line in process.errors):
+    def seen() -> bool:
         assert process.proc.poll() is None, "\n".join(process.errors[-20:])
-        assert time.monotonic() < deadline, f"no log line with {needle!r}: " + "\n".join(process.errors[-20:])
-        time.sleep(0.05)
+        return any(needle in line for line in process.errors)
+
+    await wait_until(seen, within=within, what=f"a log line with {needle!r}")
 
 
 @dataclass
@@ -101,6 +95,45 @@ async def send_requests(
                 results.append(sent)
 
     await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return results
+
+
+async def send_stomp_requests(
+    settings: InfraSettings,
+    *,
+    clients: int,
+    per_client: int,
+    first_marker: int = 0,
+    stop: asyncio.Event | None = None,
+) -> list[Sent]:
+    """Like ``send_requests``, over STOMP: a request counts as accepted (status 202) when its RECEIPT arrived.
+
+    A request whose receipt did not come records -1 (nothing promised); its client then connects again.
+    """
+    ingest = IngestSettings(rabbitmq=settings.rabbitmq, postgres=settings.postgres)
+    results: list[Sent] = []
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    def one_client(index: int) -> None:
+        i = 0
+        while i < per_client and not stopped():
+            try:
+                with StompSender(ingest, timeout=10) as sender:
+                    while i < per_client and not stopped():
+                        marker = first_marker + index * per_client + i
+                        i += 1
+                        numbers = [marker] + [marker * 10 + k for k in range(marker % 3)]
+                        sent = Sent(marker=marker, numbers=numbers, sent_at=time.perf_counter(), status=-1)
+                        results.append(sent)
+                        sent.token = str(sender.send(numbers))
+                        sent.status = 202
+                        sent.answered_at = time.perf_counter()
+            except NotAcceptedError:
+                time.sleep(0.05)  # pacing of this client's reconnects while the broker is away
+
+    await asyncio.gather(*(asyncio.to_thread(one_client, i) for i in range(clients)))
     return results
 
 

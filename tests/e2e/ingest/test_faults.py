@@ -21,14 +21,13 @@ from tests.e2e.ingest.conftest import (
     assert_stored_exactly,
     count_stored,
     daemon_events,
-    eventually,
     migrate,
     send_requests,
     start_api,
     stored_requests,
     wait_for_line,
 )
-from tests.plumbing import Namespace, Processes, free_port
+from tests.plumbing import Namespace, Processes, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +48,7 @@ async def test_worker_killed_mid_batch_loses_nothing_and_inserts_nothing_twice(
     async def some_stored() -> bool:
         return await count_stored(settings) >= 300
 
-    await eventually(some_stored, within=60, what="the worker to store a few batches")
+    await wait_until(some_stored, within=60, what="the worker to store a few batches")
     first.kill()
     assert await count_stored(settings) < len(tokens), "the worker finished before it could be killed"
 
@@ -58,7 +57,7 @@ async def test_worker_killed_mid_batch_loses_nothing_and_inserts_nothing_twice(
     async def all_stored() -> bool:
         return await count_stored(settings) >= len(tokens)
 
-    await eventually(all_stored, within=120, what="every accepted request stored")
+    await wait_until(all_stored, within=120, what="every accepted request stored")
     assert_stored_exactly(await stored_requests(settings), tokens)
 
 
@@ -78,10 +77,10 @@ async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_hold
     env = migrate(settings)
     _, port = start_api(processes, env)
     metrics_active, metrics_standby = free_port(), free_port()
-    active = processes.start("ingest", "worker", "--metrics-port", str(metrics_active), env=env)
-    wait_for_line(active, "consuming", timeout=30)
-    standby = processes.start("ingest", "worker", "--metrics-port", str(metrics_standby), env=env)
-    wait_for_line(standby, "consuming", timeout=30)
+    active = processes.start("ingest", "worker", "--health-port", str(metrics_active), env=env)
+    await wait_for_line(active, "consuming", within=30)
+    standby = processes.start("ingest", "worker", "--health-port", str(metrics_standby), env=env)
+    await wait_for_line(standby, "consuming", within=30)
     daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=100)
@@ -89,13 +88,13 @@ async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_hold
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(1000), within=60, what="1000 requests stored")
+    await wait_until(lambda: stored(1000), within=60, what="1000 requests stored")
     assert await _stored_metric(metrics_active) == 1000
     assert await _stored_metric(metrics_standby) == 0  # a second worker is never a second writer
 
     active.kill()
     after = await send_requests(port, clients=10, per_client=100, first_marker=1000)
-    await eventually(lambda: stored(2000), within=60, what="the standby to store the rest")
+    await wait_until(lambda: stored(2000), within=60, what="the standby to store the rest")
     assert await _stored_metric(metrics_standby) == 1000
 
     accepted = [s for s in before + after if s.status == 202]
@@ -105,7 +104,7 @@ async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_hold
     async def all_out() -> bool:
         return len(daemon.lines) >= total
 
-    await eventually(all_out, within=60, what="every event printed")
+    await wait_until(all_out, within=60, what="every event printed")
     events = daemon_events(daemon.lines)
     assert_happens_before_order(accepted, events)
     assert_rows_before_exact(events)
@@ -147,7 +146,7 @@ async def test_daemon_killed_resumes_from_its_cursor_repeating_at_most_one_batch
     async def some_out() -> bool:
         return len(first.lines) >= 100
 
-    await eventually(some_out, within=60, what="the daemon to print some events")
+    await wait_until(some_out, within=60, what="the daemon to print some events")
     first.kill()
     printed_first = _parsed(first.lines)
     assert len(printed_first) < total, "the daemon finished before it could be killed"
@@ -158,7 +157,7 @@ async def test_daemon_killed_resumes_from_its_cursor_repeating_at_most_one_batch
         ids = _parsed(second.lines)
         return bool(ids) and ids[-1] == expected[-1]
 
-    await eventually(rest_out, within=60, what="the restarted daemon to reach the last event")
+    await wait_until(rest_out, within=60, what="the restarted daemon to reach the last event")
     printed_second = _parsed(second.lines)
     assert printed_first == sorted(printed_first)
     assert printed_second == sorted(printed_second)
@@ -203,7 +202,7 @@ async def test_skip_poison_dead_letters_it_and_goes_on(namespace: Namespace, pro
     async def valid_stored() -> bool:
         return await count_stored(settings) == 1
 
-    await eventually(valid_stored, within=30, what="the request behind the poison stored")
+    await wait_until(valid_stored, within=30, what="the request behind the poison stored")
     assert (await stored_requests(settings))[0]["token"] == str(valid.token)
     assert any("dead-lettered" in line for line in worker.errors)
     async with await aio_pika.connect(settings.rabbitmq.url()) as connection:

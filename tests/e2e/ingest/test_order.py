@@ -13,12 +13,11 @@ from tests.e2e.ingest.conftest import (
     assert_happens_before_order,
     assert_rows_before_exact,
     daemon_events,
-    eventually,
     migrate,
     send_requests,
     start_api,
 )
-from tests.plumbing import Namespace, Processes
+from tests.plumbing import Namespace, Processes, wait_until
 
 
 async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Namespace, processes: Processes) -> None:
@@ -36,7 +35,7 @@ async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Names
     async def all_out() -> bool:
         return len(daemon.lines) >= total
 
-    await eventually(all_out, within=120, what=f"{total} daemon lines")
+    await wait_until(all_out, within=120, what=f"{total} daemon lines")
     events = daemon_events(daemon.lines)
     assert len(events) == total
     assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
@@ -94,7 +93,7 @@ async def test_curl_example_prints_two_lines_in_order_also_to_the_log_file(
     async def two_lines() -> bool:
         return sum(token in line for line in daemon.lines) == 2
 
-    await eventually(two_lines, within=30, what="two daemon lines")
+    await wait_until(two_lines, within=30, what="two daemon lines")
     mine = [e for e in daemon_events(daemon.lines) if e["token"] == token]
     assert [e["value"] for e in mine] == [1, 2]
 
@@ -105,5 +104,5 @@ async def test_curl_example_prints_two_lines_in_order_also_to_the_log_file(
     async def in_file() -> bool:
         return len(logged()) == 2
 
-    await eventually(in_file, within=10, what="the two lines in the log file")
+    await wait_until(in_file, within=10, what="the two lines in the log file")
     assert logged() == mine

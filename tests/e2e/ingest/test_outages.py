@@ -14,14 +14,14 @@ from tests.e2e.ingest.conftest import (
     Sent,
     assert_stored_exactly,
     count_stored,
-    eventually,
+    daemon_events,
     migrate,
     send_requests,
     start_api,
     stored_requests,
     wait_for_line,
 )
-from tests.plumbing import Namespace, Processes, ScratchStack
+from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
     env = migrate(settings)
     _, port = start_api(processes, env)
-    processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_requests(port, clients=10, per_client=1_000_000, stop=stop))
@@ -52,11 +52,11 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(100), within=60, what="requests flowing")
+    await wait_until(lambda: stored(100), within=60, what="requests flowing")
     await asyncio.to_thread(scratch.down, "rabbitmq")
     await asyncio.to_thread(scratch.up, "rabbitmq")
     resumed_from = await count_stored(settings)
-    await eventually(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+    await wait_until(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
     stop.set()
     sent: list[Sent] = await flowing
 
@@ -68,7 +68,7 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     async def last_stored() -> bool:
         return -1 in await _stored_markers(settings)
 
-    await eventually(last_stored, within=60, what="the last request stored")
+    await wait_until(last_stored, within=60, what="the last request stored")
     markers = await _stored_markers(settings)
     accepted = {s.marker for s in sent if s.status == 202}
     refused = {s.marker for s in sent if s.status == 503}
@@ -78,6 +78,8 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     assert_stored_exactly(
         await stored_requests(settings), {s.token for s in sent if s.status == 202} | {last.json()["token"]}
     )
+    assert worker.proc.poll() is None, "the worker rode through the broker restart"
+    assert any("rabbitmq reachable again" in line for line in worker.errors)
 
 
 async def _queue_depth(settings: InfraSettings) -> int:
@@ -93,31 +95,44 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
 ) -> None:
     scratch = scratch_stack("ingest-pg", "postgres")
     await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("pgrestart")
+    base = await namespace.settings("ingest-pgrestart")
     settings = base.model_copy(update={"postgres": scratch.settings.postgres})
     env = migrate(settings)
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=30)
 
     async def stored(n: int) -> bool:
         return await count_stored(settings) >= n
 
-    await eventually(lambda: stored(300), within=60, what="the first 300 stored")
+    await wait_until(lambda: stored(300), within=60, what="the first 300 stored")
     await asyncio.to_thread(scratch.down, "postgres")
     during = await send_requests(port, clients=10, per_client=30, first_marker=300)
     assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
-    wait_for_line(worker, "PostgreSQL unavailable", timeout=30)
+    await wait_for_line(worker, "postgres unavailable", within=30)
 
     async def all_still_queued() -> bool:
         return await _queue_depth(settings) == 300
 
-    await eventually(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
+    await wait_until(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
     await asyncio.to_thread(scratch.up, "postgres")
-    await eventually(lambda: stored(600), within=90, what="the worker to resume after the restart")
+    await wait_until(lambda: stored(600), within=90, what="the worker to resume after the restart")
     assert worker.proc.poll() is None
     assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
+
+    # The daemon rode through the same restart and printed every stored request's events, resuming from its cursor.
+    tokens = {s.token for s in before + during}
+
+    async def all_printed() -> bool:
+        return tokens <= {event["token"] for event in daemon_events(daemon.lines)}
+
+    await wait_until(all_printed, within=60, what="the daemon to print every request after the restart")
+    for process in (worker, daemon):
+        assert process.proc.poll() is None, "\n".join(process.errors[-20:])
+        assert any("postgres reachable again" in line for line in process.errors)
+        assert sum("postgres unavailable" in line for line in process.errors) == 1, "one line per outage"
 
 
 async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_token(
@@ -139,4 +154,4 @@ async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_
     body = answer.json()
     assert body["error"] == "outcome_unknown"
     assert len(body["token"]) == 36
-    wait_for_line(api, body["token"], timeout=10)  # and the log names it
+    await wait_for_line(api, body["token"], within=10)  # and the log names it

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.loms_support import Loms, eventually, notifier_lines, prepare
-from tests.plumbing import Namespace, Processes, Spawned, free_port
+from tests.loms_support import Loms, notifier_lines, prepare
+from tests.plumbing import Namespace, Processes, Spawned, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ async def test_every_transition_reaches_the_notifier_in_order(running: dict[str,
                 seen.setdefault(line["order_id"], []).append(line["status"])
         return seen
 
-    await eventually(lambda: statuses() == expected, within=30, what=f"events of {expected}")
+    await wait_until(lambda: statuses() == expected, within=30, what=f"events of {expected}")
     line = next(x for x in notifier_lines(notifier) if x["order_id"] == failed)
     assert set(line) >= {"order_id", "status", "occurred_at", "partition", "offset", "instance"}
     assert line["instance"] == "only"

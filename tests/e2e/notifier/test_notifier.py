@@ -12,8 +12,8 @@ from confluent_kafka import Producer
 from orderly.loms.domain import Item, Order, OrderStatus, order_event
 from orderly.loms.kafka_admin import admin_client, group_status
 from orderly.platform.pools import kafka_config
-from tests.loms_support import Loms, end_offsets, eventually, notifier_lines, prepare, produce_events, read_topic
-from tests.plumbing import Namespace, Processes, Spawned
+from tests.loms_support import Loms, end_offsets, notifier_lines, prepare, produce_events, read_topic
+from tests.plumbing import Namespace, Processes, Spawned, wait_until
 
 S = OrderStatus
 
@@ -52,22 +52,22 @@ async def test_of_three_notifiers_two_get_partitions_and_the_idle_one_takes_over
         status = group(loms)
         return status.state == "STABLE" and len(status.members) == 3 and len(assigned_instances(loms)) == 2
 
-    await eventually(settled, within=30, what="three members, two of them with a partition")
+    await wait_until(settled, within=30, what="three members, two of them with a partition")
     holders = assigned_instances(loms)
     [idle] = set(members) - holders
     first = make_events(1, 100)
     await asyncio.to_thread(produce_events, loms.settings, first)
-    await eventually(lambda: printed() >= {e["event_id"] for e in first}, within=60, what="the first 200 events")
+    await wait_until(lambda: printed() >= {e["event_id"] for e in first}, within=60, what="the first 200 events")
     assert not ids(members[idle]), "the member without a partition printed events"
     assert all(ids(members[h]) for h in holders)
 
     stopped = sorted(holders)[0]
     assert await asyncio.to_thread(members[stopped].stop) == 0
-    await eventually(lambda: idle in assigned_instances(loms), within=30, what=f"{idle} to take over")
+    await wait_until(lambda: idle in assigned_instances(loms), within=30, what=f"{idle} to take over")
     second = make_events(1001, 100)
     await asyncio.to_thread(produce_events, loms.settings, second)
     everything = {e["event_id"] for e in first + second}
-    await eventually(lambda: printed() >= everything, within=60, what="all 400 events after the takeover")
+    await wait_until(lambda: printed() >= everything, within=60, what="all 400 events after the takeover")
     assert ids(members[idle]), "the idle member printed nothing after taking over"
 
 
@@ -81,10 +81,10 @@ async def test_kill_9_of_a_notifier_gets_its_uncommitted_events_delivered_again(
     wanted = {e["event_id"] for e in events}
     # A commit interval of an hour: nothing this member prints gets committed before it dies.
     crashed = processes.start("notifier", "--instance", "crashed", "--commit-interval-ms", "3600000", env=loms.env)
-    await eventually(lambda: ids(crashed) >= wanted, within=60, what="the first member to print everything")
+    await wait_until(lambda: ids(crashed) >= wanted, within=60, what="the first member to print everything")
     crashed.kill()
     survivor = processes.start("notifier", "--instance", "survivor", env=loms.env)
-    await eventually(lambda: ids(survivor) >= wanted, within=60, what="the uncommitted events delivered again")
+    await wait_until(lambda: ids(survivor) >= wanted, within=60, what="the uncommitted events delivered again")
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ async def test_graceful_shutdown_commits_every_printed_offset(namespace: Namespa
     events = make_events(1, 30)
     await asyncio.to_thread(produce_events, loms.settings, events)
     member = processes.start("notifier", "--instance", "g", "--commit-interval-ms", "3600000", env=loms.env)
-    await eventually(lambda: len(ids(member)) == 60, within=60, what="60 events printed")
+    await wait_until(lambda: len(ids(member)) == 60, within=60, what="60 events printed")
     assert await asyncio.to_thread(member.stop) == 0
     printed_next = {}
     for line in notifier_lines(member):
@@ -106,7 +106,7 @@ async def test_graceful_shutdown_commits_every_printed_offset(namespace: Namespa
     await asyncio.to_thread(produce_events, loms.settings, marker)
     wanted = {e["event_id"] for e in marker}
     # Both marker events, not just the first: the second line may follow the first by a moment on a busy machine.
-    await eventually(lambda: ids(again) >= wanted, within=60, what="the next member to print the marker")
+    await wait_until(lambda: ids(again) >= wanted, within=60, what="the next member to print the marker")
     assert ids(again) == wanted, "a committed event was delivered again"
 
 
@@ -122,7 +122,7 @@ async def test_a_bad_message_is_retried_then_parked_in_the_dlq_and_the_partition
         producer.produce(loms.settings.events_topic(), value=json.dumps(event).encode(), key=b"2", partition=0)
     assert producer.flush(30) == 0
     member = processes.start("notifier", "--instance", "d", "--max-attempts", "3", env=loms.env)
-    await eventually(lambda: ids(member) == {e["event_id"] for e in good}, within=60, what="the good events")
+    await wait_until(lambda: ids(member) == {e["event_id"] for e in good}, within=60, what="the good events")
     failures = [json.loads(e) for e in member.errors if "event processing failed" in e]
     assert [(f["partition"], f["offset"], f["attempt"]) for f in failures] == [(0, 0, 1), (0, 0, 2), (0, 0, 3)]
     [parked] = await asyncio.to_thread(read_topic, loms.settings, expect=1, timeout=30, topic=loms.settings.dlq_topic())

@@ -13,7 +13,10 @@ from multidict import CIMultiDict
 
 from orderly.platform.settings import InfraSettings
 from orderly.sums.cli import migrate_database
+from tests.faults.sums_crash import KEY_VARIABLE
 from tests.plumbing import Processes, Spawned, free_port, infra_env
+
+CRASHING_MODULE = "tests.faults.sums_crash"
 
 
 @dataclass
@@ -71,10 +74,22 @@ class Http:
         return await self.request("POST", url, **kwargs)
 
 
-def start_cluster(processes: Processes, settings: InfraSettings, count: int = 3, **options: object) -> Cluster:
+def start_cluster(
+    processes: Processes,
+    settings: InfraSettings,
+    count: int = 3,
+    *,
+    crash_after_commit_key: str | None = None,
+    **options: object,
+) -> Cluster:
+    """``count`` instances; with ``crash_after_commit_key`` they are the test-only crashing build (tests/faults)."""
     env = infra_env(settings) | {f"ORDERLY_SUMS__{name.upper()}": str(value) for name, value in options.items()}
     ports = [free_port() for _ in range(count)]
-    spawned = [processes.start("sums", "api", "--port", str(port), env=env) for port in ports]
+    if crash_after_commit_key is None:
+        spawned = [processes.start("sums", "api", "--port", str(port), env=env) for port in ports]
+    else:
+        env[KEY_VARIABLE] = crash_after_commit_key
+        spawned = [processes.start("--port", str(port), env=env, module=CRASHING_MODULE) for port in ports]
     for process, port in zip(spawned, ports, strict=True):
         process.wait_http_ready(port)
     return Cluster(settings=settings, ports=ports, spawned=spawned)

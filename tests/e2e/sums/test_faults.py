@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -16,19 +15,9 @@ import redis.asyncio as aioredis
 from orderly.platform.settings import InfraSettings
 from orderly.sums.cli import migrate_database
 from tests.e2e.sums.conftest import Cluster, Http, Reply, start_cluster
-from tests.plumbing import Processes, ScratchStack, Spawned, free_port
+from tests.plumbing import Processes, ScratchStack, free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def logged(process: Spawned, text: str, *, within_s: float = 10) -> bool:
-    """Poll the process's stderr lines for ``text`` until a deadline."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if any(text in line for line in process.errors):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 async def test_a_crash_between_commit_and_redis_write_is_replayed_on_retry_and_applied_once(
@@ -42,7 +31,12 @@ async def test_a_crash_between_commit_and_redis_write_is_replayed_on_retry_and_a
     with pytest.raises(aiohttp.ClientError):
         await client.get(f"{doomed.url(0)}/sum", params={"number": 11, "ikey": key})
     # The instance died (os._exit(137)); a process manager would restart it. The survivor serves the retry.
-    assert await asyncio.to_thread(logged, doomed.spawned[0], "test hook: crashing after the mysql commit")
+    crashed = doomed.spawned[0]
+    await wait_until(
+        lambda: any("test hook: crashing after the mysql commit" in line for line in crashed.errors),
+        within=10,
+        what="the crash hook's log line",
+    )
     assert await survivor.total(client) == before + 11, "the commit happened before the crash"
 
     # The crashed request's in-progress mark is still in Redis (10 s TTL), but MySQL holds the key: replay at once.
@@ -162,6 +156,11 @@ async def test_mysql_killed_answers_503_with_nothing_applied_and_the_retry_appli
     refused = await client.get(f"{cluster.url(1)}/sum", params={"number": 7, "ikey": key})
     assert refused.status_code == 503
     assert refused.headers["Retry-After"]
+    assert refused.json()["dependency"] == "mysql"
+    assert refused.json()["error"] == "storage_unavailable"
+    not_ready = await client.get(f"{cluster.url(1)}/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["mysql"] is False
     direct = aioredis.Redis.from_url(settings.redis.url())
     try:
         assert await direct.exists(f"{settings.redis.key_prefix}sums:ikey:{key}") == 0, "the mark was released"

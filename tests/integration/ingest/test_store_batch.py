@@ -10,7 +10,7 @@ import pytest
 from uuid_utils.compat import uuid7
 
 from orderly.ingest import repository
-from orderly.ingest.domain import AcceptedRequest
+from orderly.ingest.domain import AcceptedRequest, StoredBatch
 from tests.plumbing import Namespace
 
 
@@ -37,8 +37,8 @@ async def test_redelivered_message_is_not_inserted_twice_and_rows_before_stays_e
 ) -> None:
     store = repository.RequestStore(conn)
     a, b, c = request(1), request(2), request(3)
-    assert await store.store_batch([a, b]) == 2
-    assert await store.store_batch([b, c]) == 1  # b is a redelivery
+    assert (await store.store_batch([a, b])).inserted == 2
+    assert await store.store_batch([b, c]) == StoredBatch(inserted=1, skipped=(0,))  # b: a redelivery
     assert await _rows_before(conn) == [(str(a.token), 0), (str(b.token), 1), (str(c.token), 2)]
     assert await conn.fetchval("SELECT row_count FROM requests_counter") == 3
 
@@ -73,5 +73,5 @@ async def test_revoked_token_is_never_stored_and_stored_token_cannot_be_revoked(
     await store.store_batch([stored])
     assert await conn.fetchval("SELECT ingest_revoke_unconfirmed($1)", stored.token) is False
     assert await conn.fetchval("SELECT ingest_revoke_unconfirmed($1)", unconfirmed.token) is True
-    assert await store.store_batch([unconfirmed]) == 0
+    assert await store.store_batch([unconfirmed]) == StoredBatch(inserted=0, skipped=(0,))
     assert await _rows_before(conn) == [(str(stored.token), 0)]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -61,12 +59,3 @@ async def create(client: httpx.AsyncClient, name: str, *, campaign_id: int = 1, 
     assert response.status_code == 200, response.text
     item: dict[str, Any] = response.json()
     return item
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)

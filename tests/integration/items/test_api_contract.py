@@ -7,7 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.items.support import create
+from orderly.items.settings import ItemsOptions
+from tests.integration.items.support import api_client, create, migrated
+from tests.plumbing import Namespace
 
 NOT_FOUND = {"code": 3, "message": "errors.item.notFound", "details": {}}
 
@@ -152,3 +154,54 @@ async def test_bad_input_is_400_naming_the_field(  # noqa: PLR0917 - one paramet
     response = await client.request(method, path, params=params, json=json_body, content=content)
     assert response.status_code == 400, response.text
     assert field in [f["field"] for f in response.json()["fields"]]
+
+
+@pytest.mark.parametrize("path", ["/items/list", "/logs"])
+async def test_an_offset_over_the_configured_cap_is_refused_naming_offset(client: httpx.AsyncClient, path: str) -> None:
+    cap = ItemsOptions().list_max_offset
+    assert (await client.get(path, params={"offset": cap})).status_code == 200
+    for offset in (cap + 1, 2**31):
+        response = await client.get(path, params={"offset": offset})
+        assert response.status_code == 400, response.text
+        assert [f["field"] for f in response.json()["fields"]] == ["offset"]
+
+
+async def test_reprioritize_moves_only_the_run_in_its_way_and_keeps_the_order(namespace: Namespace) -> None:
+    settings = await migrated(await namespace.settings("reprio-run"))
+    async with api_client(settings) as client:
+        a, b, c, d = [await create(client, name) for name in "abcd"]
+        # Open a gap: d goes far up, so c is the last of the run 1..3.
+        far = d["priority"] + 10
+        moved = await client.patch(
+            "/item/reprioritize", params={"id": d["id"], "campaignId": 1}, json={"newPriority": far}
+        )
+        assert [p["id"] for p in moved.json()["priorities"]] == [d["id"]], "nothing stands at a free priority"
+        response = await client.patch(
+            "/item/reprioritize", params={"id": c["id"], "campaignId": 1}, json={"newPriority": a["priority"]}
+        )
+        changed = {p["id"]: p["priority"] for p in response.json()["priorities"]}
+        assert changed == {c["id"]: a["priority"], a["id"]: a["priority"] + 1, b["id"]: b["priority"] + 1}
+        listed = (await client.get("/items/list", params={"limit": 10})).json()["items"]
+    assert [i["id"] for i in listed] == [c["id"], a["id"], b["id"], d["id"]]
+    assert listed[-1]["priority"] == far, "the item past the gap kept its priority"
+
+
+async def test_reprioritize_that_would_move_more_than_the_cap_is_refused_and_changes_nothing(
+    namespace: Namespace,
+) -> None:
+    settings = await migrated(await namespace.settings("reprio-cap"), reprioritize_max_moves=2)
+    async with api_client(settings) as client:
+        items = [await create(client, name) for name in "abcd"]
+        before = (await client.get("/items/list", params={"limit": 10})).json()["items"]
+        response = await client.patch(
+            "/item/reprioritize", params={"id": items[-1]["id"], "campaignId": 1}, json={"newPriority": 1}
+        )
+        assert response.status_code == 400, response.text
+        assert [f["field"] for f in response.json()["fields"]] == ["newPriority"]
+        after = (await client.get("/items/list", params={"limit": 10})).json()["items"]
+        assert after == before
+        within = await client.patch(
+            "/item/reprioritize", params={"id": items[-1]["id"], "campaignId": 1}, json={"newPriority": 2}
+        )
+        assert within.status_code == 200, "two items in the way: at the cap, allowed"
+        assert len(within.json()["priorities"]) == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
@@ -12,10 +12,11 @@ import pytest
 
 from orderly.items import service
 from orderly.items.cache import ListCache, SingleFlight
+from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsSettings
 from orderly.platform.pools import postgres_pool, redis_client
-from tests.integration.items.support import api_client, create, items_settings, wait_until
-from tests.plumbing import Namespace
+from tests.integration.items.support import api_client, create, items_settings
+from tests.plumbing import Namespace, ScratchStack, wait_until
 
 
 @pytest.fixture
@@ -232,3 +233,54 @@ async def test_a_shared_load_is_not_served_to_readers_that_start_after_a_write(o
         body, hit = await service.list_items(pool=pool, cache=cache, limit=998, offset=1, flights=flights)
         assert hit
         assert b'"after"' in body
+
+
+@pytest.mark.slow
+async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
+    namespace: Namespace, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    """A reader loads, Redis restarts (the generation is lost), then it stores its old page: writes never revive it.
+
+    Had the lost counter restarted from 0, as many writes as the reader's generation would bring it back to that
+    number and the old page would be served as current; from a random epoch it never meets it.
+    """
+    scratch = scratch_stack("items-cache", "redis")
+    scratch.up()
+    own = await namespace.settings("restart")
+    settings = items_settings(
+        own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
+    )
+    await migrate(settings)
+    async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis) as redis:
+        cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60)
+        item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="v0", description=None)
+        for _ in range(3):  # the generation the reader will see is a few writes past the epoch
+            await cache.invalidate()
+        seen, _ = await cache.lookup(limit=50, offset=1)
+
+        async def restart_redis_between_read_and_store() -> None:
+            await asyncio.to_thread(scratch.down, "redis")
+            await asyncio.to_thread(scratch.up, "redis")
+            # Drop the pool's dead sockets, as the API's first failed call after a restart does, so the store lands.
+            await redis.connection_pool.disconnect()
+
+        stale, hit = await service.list_items(
+            pool=pool,
+            cache=cache,
+            limit=50,
+            offset=1,
+            after_load=restart_redis_between_read_and_store,
+        )
+        assert not hit
+        assert b'"v0"' in stale
+        assert await redis.exists(cache.page_key(seen, 50, 1)), "the old page was stored under the old generation"
+        for version in range(1, 6):  # past where a counter from 0 would meet the reader's generation
+            name = f"v{version}"
+            await service.update_item(
+                pool=pool, cache=cache, item_id=item.id, campaign_id=1, name=name, description=None
+            )
+            generation, _ = await cache.lookup(limit=50, offset=1)
+            assert generation != seen
+            for _ in range(2):  # a miss that loads, then a hit: both the new name
+                body, _hit = await service.list_items(pool=pool, cache=cache, limit=50, offset=1)
+                assert f'"{name}"'.encode() in body, f"after write {version} the list shows {body[:200]!r}"

@@ -10,8 +10,8 @@ import httpx
 
 from orderly.items.settings import ItemsSettings
 from orderly.platform.settings import InfraSettings
-from tests.integration.items.support import api_client, create, migrated, wait_until
-from tests.plumbing import Namespace
+from tests.integration.items.support import api_client, create, migrated
+from tests.plumbing import Namespace, wait_until
 
 
 async def test_fifty_concurrent_creates_get_distinct_consecutive_priorities(namespace: Namespace) -> None:

@@ -16,7 +16,7 @@ from orderly.loms.relay import RELAY_LOCK_KEY, new_producer, reach_broker, run_r
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import postgres_pool
 from tests.loms_support import prepare, read_topic
-from tests.plumbing import Namespace
+from tests.plumbing import Namespace, wait_until
 
 
 async def test_relay_publishes_the_outbox_in_order_keyed_by_order_and_then_empties_it(namespace: Namespace) -> None:
@@ -88,10 +88,7 @@ async def test_a_second_relay_stands_by_while_another_holds_the_lock(namespace: 
                     break
                 await asyncio.sleep(0.05)
             await holder.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
-            deadline = asyncio.get_running_loop().time() + 30
-            while await pool.fetchval("SELECT count(*) FROM outbox"):
-                assert asyncio.get_running_loop().time() < deadline, "the standby never took over"
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: outbox_empty(pool), within=30, what="the standby to take over")
             shutdown.request("test done")
             stats = await standby
     assert stats.published == 2
@@ -113,16 +110,11 @@ async def test_a_late_committing_lower_id_goes_out_before_the_same_orders_next_e
                 await service.create_order(pool=pool, user=n + 2, items=[Item(1002, 1)])
             shutdown = Shutdown()
             relay = asyncio.create_task(run_relay(settings, shutdown))
-            deadline = asyncio.get_running_loop().time() + 30
-            while await pool.fetchval("SELECT count(*) FROM outbox"):
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: outbox_empty(pool), within=30, what="the relay to publish the visible rows")
             await tx.commit()
         second = order_event(order, OrderStatus.AWAITING_PAYMENT)
         await _add(pool, second)
-        while await pool.fetchval("SELECT count(*) FROM outbox"):
-            assert asyncio.get_running_loop().time() < deadline + 30
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: outbox_empty(pool), within=30, what="the late row and the next event published")
         shutdown.request("test done")
         await relay
     messages = await asyncio.to_thread(read_topic, settings, expect=62)
@@ -145,3 +137,7 @@ async def test_the_relay_has_a_producer_id_before_its_first_claim(namespace: Nam
 async def _add(pool: asyncpg.Pool, event: dict[str, object]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await repo.add_outbox(conn, [event])
+
+
+async def outbox_empty(pool: asyncpg.Pool) -> bool:
+    return not await pool.fetchval("SELECT count(*) FROM outbox")

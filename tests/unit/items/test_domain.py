@@ -1,4 +1,4 @@
-"""Pure rules of the items service: validation, event payloads as ClickHouse rows, retry backoff."""
+"""Pure rules of the items service: validation, event payloads as ClickHouse rows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orderly.items.backoff import Backoff
 from orderly.items.changelog import row_from_payload
 from orderly.items.domain import (
     ChangeEvent,
@@ -77,10 +76,3 @@ def test_a_page_serialises_with_meta_and_camel_case_fields() -> None:
     body = Page(total=2, removed=1, limit=10, offset=1, items=[ITEM]).to_json_bytes()
     assert body.startswith(b'{"meta":{"total":2,"removed":1,"limit":10,"offset":1},"items":[{"id":7,"campaignId":1')
     assert b'"createdAt":"2026-01-02T03:04:05.678901Z"' in body
-
-
-def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
-    backoff = Backoff(first=0.1, cap=0.5)
-    assert [backoff.delay() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
-    backoff.reset()
-    assert backoff.delay() == 0.1

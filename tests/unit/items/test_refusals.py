@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from clickhouse_driver.errors import ErrorCodes, NetworkError, ServerException, SocketTimeoutError, TypeMismatchError
 
-from orderly.items.changelog import MalformedEventError, refused_permanently, row_from_payload
+from orderly.items.audit import refused
+from orderly.items.changelog import MalformedEventError, row_from_payload
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ from orderly.items.changelog import MalformedEventError, refused_permanently, ro
     ],
 )
 def test_an_outage_or_a_server_side_problem_is_never_a_reason_to_park(error: BaseException) -> None:
-    assert not refused_permanently(error)
+    assert not refused(error)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_an_outage_or_a_server_side_problem_is_never_a_reason_to_park(error: Bas
     ],
 )
 def test_a_refusal_of_the_rows_values_parks_the_event(error: BaseException) -> None:
-    assert refused_permanently(error)
+    assert refused(error)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from orderly.sums import domain
 from orderly.sums.app import ERROR_HANDLERS, SumFastPath, read_sum_inputs
 from orderly.sums.domain import (
     FieldProblem,
@@ -112,6 +113,7 @@ async def test_a_sum_is_answered_with_the_bytes_starlettes_response_sends(replay
         KeyReusedError("used with a different request"),
         RequestInProgressError(retry_after_s=3),
         StorageUnavailableError("down"),
+        domain.OverloadedError("10000 requests already wait for a commit"),
     ],
 )
 async def test_a_service_error_is_answered_by_the_routes_exception_handler(error: Exception) -> None:

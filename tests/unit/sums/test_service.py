@@ -12,6 +12,7 @@ from orderly.sums.cache import CacheUnavailableError, Existing, IdempotencyCache
 from orderly.sums.domain import (
     InProgressMark,
     KeyReusedError,
+    OverloadedError,
     RequestInProgressError,
     StorageUnavailableError,
     StoredResponse,
@@ -204,3 +205,37 @@ async def test_without_a_number_or_key_the_current_sum_is_read_and_nothing_chang
         answer = await sums.submit(SumRequest(None, None))
     assert answer.body == b'{"sum":41}'
     assert store.transactions == 0
+
+
+class BlockedStore(MemoryStore):
+    """A store whose transactions wait until ``release`` is set; ``entered`` is set when the first one starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SumTransaction]:
+        self.entered.set()
+        await self.release.wait()
+        async with super().transaction() as tx:
+            yield tx
+
+
+async def test_a_full_commit_queue_refuses_at_once_with_overloaded_and_releases_the_mark() -> None:
+    store, cache = BlockedStore(), MemoryCache()
+    options = SumsOptions(queue_max=1)
+    async with CommitBatcher(store=store, cache=cache, options=options) as batcher:
+        sums = SumsService(store=store, cache=cache, batcher=batcher, options=options)
+        committing = asyncio.ensure_future(sums.submit(SumRequest(1, "k-first")))
+        await asyncio.wait_for(store.entered.wait(), timeout=5)  # the batcher holds it in a transaction
+        queued = asyncio.ensure_future(sums.submit(SumRequest(1, "k-queued")))
+        await asyncio.sleep(0)  # one turn: the fakes never wait, so the request runs up to its place in the queue
+        assert "k-queued" in cache.values, "its in-progress mark is set just before it joins the queue"
+        with pytest.raises(OverloadedError):
+            await sums.submit(SumRequest(1, "k-over"))
+        assert "k-over" not in cache.values, "a refused request leaves no in-progress mark behind"
+        store.release.set()
+        answers = await asyncio.gather(committing, queued)
+    assert [a.body for a in answers] == [b'{"sum":1}', b'{"sum":2}']
+    assert store.total == 2, "the refused request was not applied"

@@ -1,0 +1,121 @@
+"""ingest over STOMP: a RECEIPT is an acceptance, in the same queue and the same order as HTTP's 202."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from uuid import uuid4
+
+import aio_pika
+
+from orderly.ingest.broker import REASON_HEADER
+from orderly.ingest.client import StompSender
+from orderly.ingest.settings import IngestSettings
+from orderly.platform.settings import InfraSettings
+from tests.e2e.ingest.conftest import (
+    assert_happens_before_order,
+    assert_rows_before_exact,
+    count_stored,
+    daemon_events,
+    migrate,
+    send_requests,
+    send_stomp_requests,
+    start_api,
+    stored_requests,
+    wait_for_line,
+)
+from tests.plumbing import Namespace, Processes, wait_until
+
+
+def send_raw_frames(settings: InfraSettings, frames: list[tuple[str, dict[str, str]]]) -> None:
+    """SEND each (body, headers) to the STOMP entry, one after another, each receipted by the broker."""
+    with StompSender(IngestSettings(rabbitmq=settings.rabbitmq)) as sender:
+        for body, headers in frames:
+            sender.send_frame(body, headers)
+
+
+async def dead_letters(settings: InfraSettings) -> list[tuple[bytes, str]]:
+    """Every message in the dead-letter queue (body, reason), taken off it in order."""
+    out: list[tuple[bytes, str]] = []
+    async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("ingest.requests.dead", passive=True)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            out.append((message.body, str((message.headers or {}).get(REASON_HEADER))))
+    return out
+
+
+async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_reason(
+    namespace: Namespace, processes: Processes
+) -> None:
+    settings = await namespace.settings("stompbad")
+    env = migrate(settings)
+    worker = processes.start("ingest", "worker", "--batch-size", "4", env=env)
+    await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
+    good = [str(uuid4()) for _ in range(3)]
+    frames = [
+        ("[1, 2]", {"token": good[0]}),
+        ("[]", {"token": str(uuid4())}),
+        ("[3]", {}),
+        ("[4]", {"token": "not-a-uuid"}),
+        ("[9223372036854775808]", {"token": str(uuid4())}),
+        ("1,2,3", {"token": str(uuid4())}),
+        ("[1.5]", {"token": str(uuid4())}),
+        ("[5]", {"token": good[1]}),
+        ("[6]", {"token": good[1]}),
+        ("[7, 8, 9]", {"token": good[2]}),
+    ]
+    await asyncio.to_thread(send_raw_frames, settings, frames)
+
+    async def three_stored() -> bool:
+        return await count_stored(settings) == 3
+
+    await wait_until(three_stored, within=60, what="the three good requests stored")
+    rows = await stored_requests(settings)
+    assert [row["token"] for row in rows] == good
+    assert [json.loads(row["body"])["numbers"] for row in rows] == [[1, 2], [5], [7, 8, 9]]
+
+    parked: list[tuple[bytes, str]] = []
+
+    async def seven_parked() -> bool:
+        parked.extend(await dead_letters(settings))
+        return len(parked) >= 7
+
+    await wait_until(seven_parked, within=30, what="seven dead letters")
+    reasons = [reason for _, reason in parked]
+    assert [body for body, _ in parked] == [b"[]", b"[3]", b"[4]", b"[9223372036854775808]", b"1,2,3", b"[1.5]", b"[6]"]
+    assert len(reasons) == 7
+    assert reasons[0].startswith("no integers")
+    assert reasons[1].startswith("missing token")
+    assert reasons[2].startswith("token header is not a UUID")
+    assert "64-bit" in reasons[3]
+    assert reasons[4].startswith("body is not JSON")
+    assert reasons[5].startswith("numbers[0] is not an integer")
+    assert reasons[6].startswith(f"duplicate token {good[1]}")
+
+
+async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Namespace, processes: Processes) -> None:
+    settings = await namespace.settings("stompmix")
+    env = migrate(settings)
+    _, port = start_api(processes, env)
+    worker = processes.start("ingest", "worker", env=env)
+    await wait_for_line(worker, "consuming", within=30)
+    daemon = processes.start("ingest", "daemon", env=env)
+
+    over_http, over_stomp = await asyncio.gather(
+        send_requests(port, clients=10, per_client=100),
+        send_stomp_requests(settings, clients=10, per_client=100, first_marker=1_000_000),
+    )
+    sent = over_http + over_stomp
+    accepted = [s for s in sent if s.status == 202]
+    assert len(accepted) == 2000, {s.status for s in sent}
+    total = sum(len(s.numbers) for s in accepted)
+
+    async def all_out() -> bool:
+        return len(daemon.lines) >= total
+
+    await wait_until(all_out, within=120, what=f"{total} daemon lines")
+    events = daemon_events(daemon.lines)
+    assert len(events) == total
+    assert_happens_before_order(accepted, events)
+    assert_rows_before_exact(events)
