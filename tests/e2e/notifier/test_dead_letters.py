@@ -23,8 +23,8 @@ from orderly.notifier.settings import NotifierOptions, NotifierSettings
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import kafka_config
 from tests.e2e.notifier.test_notifier import ids, make_events
-from tests.loms_support import Loms, eventually, notifier_lines, prepare, produce_events
-from tests.plumbing import Namespace, Processes
+from tests.loms_support import Loms, notifier_lines, prepare, produce_events
+from tests.plumbing import Namespace, Processes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ async def test_events_the_notifier_could_not_print_are_parked_counted_and_printe
     full = open("/dev/full", "w")  # noqa: ASYNC230, SIM115 - a device; closed below, where its flush fails too
     try:
         async with notifier_in_process(loms, full):
-            await eventually(lambda: dead_letters_metric() == 2, within=60, what="two dead letters counted")
+            await wait_until(lambda: dead_letters_metric() == 2, within=60, what="two dead letters counted")
     finally:
         with contextlib.suppress(OSError):
             full.close()
@@ -109,7 +109,7 @@ async def test_events_the_notifier_could_not_print_are_parked_counted_and_printe
     replayed = dlq(loms, "replay", "notifier", "--all")
     assert replayed.returncode == 0, replayed.stderr
     wanted = {e["event_id"] for e in events}
-    await eventually(lambda: ids(member) == wanted, within=60, what="the replayed events printed")
+    await wait_until(lambda: ids(member) == wanted, within=60, what="the replayed events printed")
     lines = notifier_lines(member)
     assert [line["status"] for line in lines] == [e["status"] for e in events], "replayed in their order"
     assert all(line["replayed"] for line in lines)
@@ -122,7 +122,7 @@ async def test_events_the_notifier_could_not_print_are_parked_counted_and_printe
     assert dlq(loms, "replay", "notifier", "--all").returncode == 0
     marker = make_events(9, 1)[:1]
     await asyncio.to_thread(produce_events, loms.settings, marker)
-    await eventually(lambda: marker[0]["event_id"] in ids(member), within=60, what="an event after the replays")
+    await wait_until(lambda: marker[0]["event_id"] in ids(member), within=60, what="an event after the replays")
     printed = [line["event_id"] for line in notifier_lines(member)]
     assert sorted(printed) == sorted([*wanted, marker[0]["event_id"]]), "a replayed event was printed twice"
 
@@ -133,7 +133,7 @@ async def test_an_unparsable_event_is_parked_and_its_replay_is_refused(namespace
     producer.produce(loms.settings.events_topic(), value=b"{not an event", key=b"1")
     assert producer.flush(30) == 0
     async with notifier_in_process(loms, io.StringIO()):
-        await eventually(lambda: dead_letters_metric() == 1, within=60, what="the dead letter counted")
+        await wait_until(lambda: dead_letters_metric() == 1, within=60, what="the dead letter counted")
     [letter] = listed(loms)
     assert "not JSON" in letter["reason"]
     refused = dlq(loms, "replay", "notifier", letter["id"])
