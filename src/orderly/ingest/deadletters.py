@@ -145,7 +145,8 @@ class IngestDeadLetters:
                     AcceptedRequest.from_message(letter.payload)
             except (MalformedMessageError, RejectedFrameError) as exc:
                 raise ReplayRefusedError(
-                    f"dead letter {letter_id} is still refused ({exc}); replayed, it would be parked again — it stays parked"
+                    f"dead letter {letter_id} is still refused ({exc}); replayed, it would be parked again"
+                    " — it stays parked"
                 ) from None
             await self._send_back(letter, headers, through=through)
             for copy in copies:
