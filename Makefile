@@ -46,6 +46,12 @@ fmt: ## format and auto-fix
 -include bench/*.mk
 BENCH_TARGETS := $(sort $(patsubst bench/%.mk,bench-%,$(wildcard bench/*.mk)))
 
+.PHONY: bench-ab
+bench-ab: setup ## A/B in one run: every bench-* target on BASE=<rev> and HEAD=<rev> (default HEAD) → bench/results/ab.md
+	@test -n "$(BASE)" || { echo "usage: make bench-ab BASE=<rev> [HEAD=<rev>] [ONLY=ingest,sums,items,loms]"; exit 2; }
+	$(RUN) python -m bench.ab --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(ONLY),--only "$(ONLY)")
+	$(RUN) python bench/render.py
+
 .PHONY: bench
 bench: setup ## run every bench-* target, then render docs/benchmarks.md with one chart per pipeline
 	@for target in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$target || exit 1; done

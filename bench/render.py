@@ -136,6 +136,9 @@ def main() -> int:
             if text.startswith("#"):  # the section heading is ours
                 text = text.split("\n", 1)[1].strip() if "\n" in text else ""
             parts += [text, ""]
+    ab = RESULTS / "ab.md"
+    if ab.exists():
+        parts += ["## A/B: two revisions in one run (`make bench-ab`)", "", ab.read_text().strip(), ""]
     if not found:
         print("no results yet: run a bench-* target first", file=sys.stderr)
         return 1

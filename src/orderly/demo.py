@@ -20,9 +20,25 @@ import httpx
 from rich.console import Console
 
 from orderly.attach import SystemNotReadyError, attached
+from orderly.platform.processes import ProcessSpec
 
 console = Console(highlight=False)
-INGEST, SUMS, ITEMS, LOMS = 8101, (8201, 8202, 8203), 8301, 8401
+
+
+@dataclass(frozen=True)
+class Urls:
+    """Where the running system's APIs answer, taken from its process specs (so ``ORDERLY_UP__PORT_OFFSET`` holds)."""
+
+    ingest: str
+    sums: tuple[str, ...]
+    items: str
+    loms: str
+
+    @classmethod
+    def of(cls, specs: Iterable[ProcessSpec]) -> Urls:
+        apis = {spec.name: f"http://127.0.0.1:{spec.http_port}" for spec in specs if spec.http_port}
+        sums = tuple(url for name, url in sorted(apis.items()) if name.startswith("sums-"))
+        return cls(ingest=apis["ingest-api"], sums=sums, items=apis["items-api"], loms=apis["loms-api"])
 
 
 @dataclass
@@ -69,7 +85,7 @@ async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: fl
     return False
 
 
-async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verdict:
+async def ingest_in_acceptance_order(http: httpx.AsyncClient, urls: Urls, out: Path) -> Verdict:
     verdict = Verdict("ingest: 1,000 concurrent requests come out of the daemon in acceptance order")
     files = OutputFiles(out, ["ingest-daemon"])
     timings: dict[str, tuple[float, float]] = {}
@@ -78,7 +94,7 @@ async def ingest_in_acceptance_order(http: httpx.AsyncClient, out: Path) -> Verd
     async def send(n: int) -> None:
         async with in_flight:
             sent = time.monotonic()
-            response = await http.get(f"http://127.0.0.1:{INGEST}/ingest", params={"n": [n, -n]})
+            response = await http.get(f"{urls.ingest}/ingest", params={"n": [n, -n]})
             if response.status_code == 202:
                 timings[response.json()["token"]] = (sent, time.monotonic())
 
@@ -132,7 +148,7 @@ def order_violations(timings: dict[str, tuple[float, float]], first_seen: dict[s
     return violations, pairs
 
 
-async def ingest_over_stomp(http: httpx.AsyncClient, out: Path) -> Verdict:
+async def ingest_over_stomp(http: httpx.AsyncClient, urls: Urls, out: Path) -> Verdict:
     verdict = Verdict("ingest over STOMP: RECEIPTs and 202s share one order; a bad frame is parked, the line goes on")
     from orderly.ingest.client import StompSender
     from orderly.ingest.settings import IngestSettings
@@ -151,7 +167,7 @@ async def ingest_over_stomp(http: httpx.AsyncClient, out: Path) -> Verdict:
     async def http_client(first: int) -> None:
         for n in range(first, first + 25):
             sent = time.monotonic()
-            response = await http.get(f"http://127.0.0.1:{INGEST}/ingest", params={"n": [n, -n]})
+            response = await http.get(f"{urls.ingest}/ingest", params={"n": [n, -n]})
             if response.status_code == 202:
                 timings[response.json()["token"]] = (sent, time.monotonic())
 
@@ -175,13 +191,13 @@ async def ingest_over_stomp(http: httpx.AsyncClient, out: Path) -> Verdict:
     return verdict
 
 
-async def sums_applied_once(http: httpx.AsyncClient) -> Verdict:
+async def sums_applied_once(http: httpx.AsyncClient, urls: Urls) -> Verdict:
     verdict = Verdict("sums: 100 duplicate requests over 3 instances are applied once")
-    before = (await http.get(f"http://127.0.0.1:{SUMS[0]}/sum")).json()["sum"]
+    before = (await http.get(f"{urls.sums[0]}/sum")).json()["sum"]
     key = f"demo-{uuid.uuid4()}"
     answers = await asyncio.gather(
         *(
-            http.post(f"http://127.0.0.1:{SUMS[i % 3]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
+            http.post(f"{urls.sums[i % len(urls.sums)]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
             for i in range(100)
         )
     )
@@ -189,16 +205,16 @@ async def sums_applied_once(http: httpx.AsyncClient) -> Verdict:
     bodies = {a.text for a in answers if a.status_code == 200}
     verdict.check(set(codes) <= {200, 409}, f"answers: {codes.count(200)} x 200, {codes.count(409)} x 409")
     verdict.check(len(bodies) == 1, f"every 200 carries the same body: {sorted(bodies)}")
-    replay = await http.post(f"http://127.0.0.1:{SUMS[2]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
+    replay = await http.post(f"{urls.sums[-1]}/sum", params={"number": 7}, headers={"Idempotency-Key": key})
     verdict.check(replay.headers.get("Idempotent-Replayed") == "true", "a later repeat is a replay")
-    after = (await http.get(f"http://127.0.0.1:{SUMS[1]}/sum")).json()["sum"]
+    after = (await http.get(f"{urls.sums[1 % len(urls.sums)]}/sum")).json()["sum"]
     verdict.check(after - before == 7, f"sum {before} → {after} (grew by {after - before}, expected 7)")
     return verdict
 
 
-async def items_cache_and_change_log(http: httpx.AsyncClient) -> Verdict:
+async def items_cache_and_change_log(http: httpx.AsyncClient, urls: Urls) -> Verdict:
     verdict = Verdict("items: an update invalidates the cache and its event shows in /logs")
-    base = f"http://127.0.0.1:{ITEMS}"
+    base = urls.items
     name = f"demo {uuid.uuid4().hex[:8]}"
     created = await http.post(f"{base}/item/create", params={"campaignId": 1}, json={"name": name})
     verdict.check(created.status_code == 200, f"created item {created.json().get('id')}")
@@ -226,10 +242,10 @@ async def items_cache_and_change_log(http: httpx.AsyncClient) -> Verdict:
     return verdict
 
 
-async def loms_events_in_order(http: httpx.AsyncClient, out: Path) -> Verdict:
+async def loms_events_in_order(http: httpx.AsyncClient, urls: Urls, out: Path) -> Verdict:
     verdict = Verdict("loms: 200 orders' events reach the notifiers in per-order order, 2 of 3 notifiers active")
     files = OutputFiles(out, ["notifier-1", "notifier-2", "notifier-3"])
-    base = f"http://127.0.0.1:{LOMS}"
+    base = urls.loms
     rng = random.Random(7)  # noqa: S311 - a repeatable demo, not security
     expected: dict[int, list[str]] = {}
 
@@ -274,16 +290,16 @@ async def guarded(promise: str, check: Awaitable[Verdict]) -> Verdict:
         return Verdict(promise, ok=False, evidence=[f"FAIL {type(error).__name__}: {error}"])
 
 
-async def tour(out: Path) -> list[Verdict]:
+async def tour(urls: Urls, out: Path) -> list[Verdict]:
     # Requests wait for a free connection as long as they need: the demo measures order, not latency.
     timeout = httpx.Timeout(30, pool=None)
     async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64)) as http:
         return [
-            await guarded("ingest", ingest_in_acceptance_order(http, out)),
-            await guarded("ingest over STOMP", ingest_over_stomp(http, out)),
-            await guarded("sums", sums_applied_once(http)),
-            await guarded("items", items_cache_and_change_log(http)),
-            await guarded("loms", loms_events_in_order(http, out)),
+            await guarded("ingest", ingest_in_acceptance_order(http, urls, out)),
+            await guarded("ingest over STOMP", ingest_over_stomp(http, urls, out)),
+            await guarded("sums", sums_applied_once(http, urls)),
+            await guarded("items", items_cache_and_change_log(http, urls)),
+            await guarded("loms", loms_events_in_order(http, urls, out)),
         ]
 
 
@@ -291,7 +307,7 @@ def demo() -> int:
     started = time.monotonic()
     try:
         with attached(announce=console.print) as system:
-            verdicts = asyncio.run(tour(system.output))
+            verdicts = asyncio.run(tour(Urls.of(system.specs), system.output))
     except SystemNotReadyError as error:
         console.print(f"[red]the system did not get ready ({error}); see .stack/run/up.log[/]")
         return 1
