@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from orderly import dlq_cli
 from orderly.ingest import cli as ingest_cli
 from orderly.items import cli as items_cli
 from orderly.loms import cli as loms_cli
@@ -25,6 +26,7 @@ app.add_typer(items_cli.app, name="items")
 app.add_typer(loms_cli.app, name="loms")
 app.add_typer(notifier_cli.app, name="notifier")
 app.add_typer(kafka_cli.app, name="kafka")
+app.add_typer(dlq_cli.app, name="dlq")
 
 
 @app.command("up")

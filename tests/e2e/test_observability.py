@@ -37,7 +37,7 @@ FAMILIES: dict[str, set[str]] = {
     "ingest-worker": {"orderly_queue_depth", "orderly_dead_letters", "orderly_active", *BATCHES},
     "ingest-daemon": {"orderly_daemon_lag_events", "orderly_active"},
     "items-relay": {"orderly_outbox_pending", "orderly_outbox_oldest_age_seconds", "orderly_active", *BATCHES},
-    "items-audit": {"orderly_consumer_lag", "orderly_active", *BATCHES},
+    "items-audit": {"orderly_consumer_lag", "orderly_dead_letters", "orderly_active", *BATCHES},
     "loms-relay": {"orderly_outbox_pending", "orderly_outbox_oldest_age_seconds", "orderly_active", *BATCHES},
     "notifier": {"orderly_consumer_lag", "orderly_dead_letters", "orderly_active"},
     "sums": {"http_requests", "http_request_duration_seconds", *BATCHES},

@@ -1,8 +1,11 @@
-"""RabbitMQ adapters: the queue's declaration (shared by API and worker) and the confirmed publisher."""
+"""RabbitMQ adapters: the queue's declaration (shared by API and worker), the dead-letter parking and the confirmed
+publisher."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -49,26 +52,43 @@ async def declare_queues(channel: AbstractChannel, options: IngestOptions) -> Ab
     return queue
 
 
+# The headers of a parked copy: why, through which exchange and from which queue it came, and when.
 REASON_HEADER = "x-orderly-reason"
+EXCHANGE_HEADER = "x-orderly-exchange"
+SOURCE_QUEUE_HEADER = "x-orderly-source-queue"
+PARKED_AT_HEADER = "x-orderly-parked-at"
+ORDERLY_HEADERS = (REASON_HEADER, EXCHANGE_HEADER, SOURCE_QUEUE_HEADER, PARKED_AT_HEADER)
+REASON_MAX_CHARS = 2000
 
 
 class DeadLetters:
-    """Parks a delivery in the dead-letter queue with its reason, confirmed by the broker before the caller acks it.
+    """The one place ingest parks a delivery: a copy in the dead-letter queue with its reason, confirmed by the broker
+    before the caller acks the original. Used for ``--skip-poison`` and for STOMP frames that break the contract;
+    ``orderly dlq`` reads what it writes (orderly.ingest.deadletters).
 
     A plain reject would dead-letter it too, but with no word of why; the copy carries the reason, the exchange it
-    came through and its headers, and the original is acked only after the copy is safe.
+    came through, the queue it was taken from, when it was parked and its own headers (a STOMP client's ``token``).
+    It keeps the message id (an API request's token); a delivery without one gets a fresh id, so that every dead
+    letter can be named.
     """
 
-    def __init__(self, channel: AbstractChannel, *, queue: str) -> None:
-        self.channel, self.queue = channel, queue
+    def __init__(self, channel: AbstractChannel, *, queue: str, source: str) -> None:
+        self.channel, self.queue, self.source = channel, queue, source
 
     async def park(self, message: AbstractIncomingMessage, reason: str) -> None:
-        headers = {**(message.headers or {}), REASON_HEADER: reason, "x-orderly-exchange": message.exchange or ""}
+        """Publish the copy and wait for the broker's confirm (raises otherwise); ack the original after this."""
+        headers = {
+            **(message.headers or {}),
+            REASON_HEADER: reason[:REASON_MAX_CHARS],
+            EXCHANGE_HEADER: message.exchange or "",
+            SOURCE_QUEUE_HEADER: self.source,
+            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
+        }
         copy = aio_pika.Message(
             message.body,
             headers=headers,
             content_type=message.content_type,
-            message_id=message.message_id,
+            message_id=message.message_id or f"dead-{uuid.uuid4().hex}",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self.channel.default_exchange.publish(copy, routing_key=self.queue, mandatory=True)

@@ -194,15 +194,18 @@ class Session:
                 extra={"token": token, "delivery_tag": message.delivery_tag, "error": str(exc)},
             )
             raise PoisonMessageError(f"message {token} cannot be stored: {exc}") from exc
+        assert self.dead_letters is not None, "run() opens the dead-letter channel before consuming"
+        try:
+            # The copy with its reason first, confirmed; the ack after. A crash in between parks it twice (same token).
+            await self.dead_letters.park(message, str(exc))
+            await message.ack()
+        except BROKER_ERRORS as error:
+            raise ChannelLostError from error
         POISON.labels("dead_lettered").inc()
         log.error(
             "poison message dead-lettered (--skip-poison)",
             extra={"token": token, "queue": self.options.dead_letter_queue, "error": str(exc)},
         )
-        try:
-            await message.reject(requeue=False)
-        except BROKER_ERRORS as error:
-            raise ChannelLostError from error
 
     def from_stomp(self, message: AbstractIncomingMessage) -> bool:
         return message.exchange == self.options.stomp_exchange
@@ -264,7 +267,7 @@ class Session:
         await channel.set_qos(prefetch_count=self.prefetch)
         confirmed = await connection.channel(publisher_confirms=True)
         confirmed.close_callbacks.add(self.on_close)
-        self.dead_letters = DeadLetters(confirmed, queue=self.options.dead_letter_queue)
+        self.dead_letters = DeadLetters(confirmed, queue=self.options.dead_letter_queue, source=self.options.queue)
         queue = await declare_queues(channel, self.options)
         self.consumer_tag = await queue.consume(self.on_message, no_ack=False)
         log.info("consuming (single active consumer; a second worker waits as standby)", extra={"queue": queue.name})

@@ -20,22 +20,47 @@ from orderly.items.domain import iso
 COLUMNS = "event_id, item_id, campaign_id, name, description, priority, removed, kind, event_time, event_time_us"
 
 
-def row_from_payload(payload: bytes) -> tuple[Any, ...]:
-    """One ClickHouse row from a change event's JSON (as the relay published it)."""
+class MalformedEventError(ValueError):
+    """A message on the change stream is not a change event this service wrote (poison: parked, never retried)."""
+
+
+def _text(event: dict[str, Any], key: str, *, nullable: bool = False) -> str | None:
+    value = event[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise MalformedEventError(f"{key} is not a string")
+    return value
+
+
+def _event(payload: bytes) -> dict[str, Any]:
     event = json.loads(payload)
-    us = int(event["eventTimeUs"])
-    return (
-        event["eventId"],
-        int(event["itemId"]),
-        int(event["campaignId"]),
-        event["name"],
-        event["description"],
-        int(event["priority"]),
-        1 if event["removed"] else 0,
-        event["kind"],
-        datetime.fromtimestamp(us // 1_000_000, UTC).replace(tzinfo=None),
-        us,
-    )
+    if not isinstance(event, dict):
+        raise MalformedEventError("not a JSON object")
+    return event
+
+
+def row_from_payload(payload: bytes) -> tuple[Any, ...]:
+    """One ClickHouse row from a change event's JSON (as the relay published it); MalformedEventError if it is not."""
+    try:
+        event = _event(payload)
+        us = int(event["eventTimeUs"])
+        return (
+            _text(event, "eventId"),
+            int(event["itemId"]),
+            int(event["campaignId"]),
+            _text(event, "name"),
+            _text(event, "description", nullable=True),
+            int(event["priority"]),
+            1 if event["removed"] else 0,
+            _text(event, "kind"),
+            datetime.fromtimestamp(us // 1_000_000, UTC).replace(tzinfo=None),
+            us,
+        )
+    except MalformedEventError:
+        raise
+    except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:  # OSError: a timestamp out of range
+        raise MalformedEventError(f"not a change event: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +82,10 @@ class ChangeLog:
             return await asyncio.to_thread(self._client.execute, query, params)
 
     async def insert(self, payloads: Sequence[bytes]) -> int:
-        rows = [row_from_payload(p) for p in payloads]
-        await self._run(f"INSERT INTO {self._table} ({COLUMNS}) VALUES", rows)
+        return await self.insert_rows([row_from_payload(p) for p in payloads])
+
+    async def insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        await self._run(f"INSERT INTO {self._table} ({COLUMNS}) VALUES", list(rows))
         return len(rows)
 
     async def ping(self) -> bool:

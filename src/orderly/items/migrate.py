@@ -6,6 +6,7 @@ import logging
 
 import nats
 
+from orderly.items.deadletters import ensure_dead_letter_stream
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream
 from orderly.platform.migrations import (
@@ -43,6 +44,7 @@ async def migrate(settings: ItemsSettings) -> None:
         await ensure_stream(
             nc.jetstream(), name=settings.stream_name, duplicate_window_seconds=settings.items.duplicate_window_seconds
         )
+        await ensure_dead_letter_stream(nc.jetstream(), settings)
     finally:
         await nc.close()
     log.info("items migrated", extra={"postgres": applied, "clickhouse": applied_ch, "stream": settings.stream_name})

@@ -34,6 +34,12 @@ class ItemsOptions(BaseModel):
     audit_batch_size: int = Field(default=1000, ge=1, le=100_000, description="flush ClickHouse at this many events")
     audit_flush_seconds: float = Field(default=1.0, gt=0, description="... or this long after the first one")
     audit_ack_wait_seconds: float = Field(default=30, gt=0, description="JetStream ack wait of the audit consumer")
+    audit_max_deliver: int = Field(
+        default=5, ge=2, le=1000, description="deliveries of one event before the audit parks it as a dead letter"
+    )
+    dead_letter_stream: str = Field(
+        default="ITEMS_DEAD", description="JetStream stream of parked change events, after nats.stream_prefix"
+    )
     retry_max_seconds: float = Field(default=5.0, gt=0, description="cap of the exponential retry backoff")
 
 
@@ -49,6 +55,10 @@ class ItemsSettings(OrderlySettings):
     @property
     def stream_name(self) -> str:
         return f"{self.nats.stream_prefix}{self.items.stream}"
+
+    @property
+    def dead_letter_stream_name(self) -> str:
+        return f"{self.nats.stream_prefix}{self.items.dead_letter_stream}"
 
     @property
     def cache_prefix(self) -> str:

@@ -26,12 +26,15 @@ async def ensure_stream(js: JetStreamContext, *, name: str, duplicate_window_sec
         await js.add_stream(config)
 
 
-def consumer_config(*, durable: str, ack_wait_seconds: float, max_ack_pending: int) -> ConsumerConfig:
+def consumer_config(*, durable: str, ack_wait_seconds: float, max_ack_pending: int, max_deliver: int) -> ConsumerConfig:
+    """The audit's durable pull consumer; JetStream stops redelivering after ``max_deliver`` deliveries, and the audit
+    parks an event on that last delivery (see orderly.items.deadletters) so that nothing is dropped silently."""
     return ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_seconds,
         max_ack_pending=max_ack_pending,
+        max_deliver=max_deliver,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from orderly.notifier.deadletters import REPLAY_OF, DeadLetterCounter, header_pairs
 from orderly.notifier.events import BadEventError, parse_event, render_line
 from orderly.notifier.settings import PARK_FLUSH_SECONDS, NotifierSettings
 from orderly.platform.errors import DependencyUnavailableError, Permanent, Poison, Transient, classify_kafka_error
@@ -80,6 +81,7 @@ class Notifier:
         self.options = settings.notifier
         self.out = out
         self.printed = 0
+        self.dead_letters_changed = asyncio.Event()
         self.probes = probes
         self.consumer: Consumer | None = None
         # Held while the probes read through the consumer in a thread and while it closes: never both at once.
@@ -122,6 +124,7 @@ class Notifier:
         dlq = Producer(
             dict(kafka_config(self.settings.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 0}))
         )
+        counting = asyncio.create_task(self._count_dead_letters(shutdown))
         try:
             consumer.subscribe([self.settings.events_topic()], on_assign=self._on_assign, on_revoke=self._on_revoke)
             log.info("notifier started", extra={"instance": self.options.instance, "group": self.settings.group_id()})
@@ -139,7 +142,31 @@ class Notifier:
                 elif not shutdown.requested:
                     self._read_again(consumer, message)
         finally:
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
             await asyncio.to_thread(self._leave, consumer, dlq)
+
+    async def _count_dead_letters(self, shutdown: Shutdown) -> None:
+        """Keep orderly_dead_letters{service="notifier"} at the DLQ's waiting dead letters (all members agree)."""
+        counter = DeadLetterCounter(self.settings)
+        failing = False
+        try:
+            while not shutdown.requested:
+                try:
+                    DEAD_LETTERS.labels("notifier").set(await asyncio.to_thread(counter.count))
+                    failing = False
+                except (KafkaException, TimeoutError) as exc:
+                    if not failing:
+                        log.warning("could not count the DLQ's dead letters", extra={"error": str(exc)})
+                    failing = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.dead_letters_changed.wait(), timeout=self.options.dead_letters_refresh_seconds
+                    )
+                self.dead_letters_changed.clear()
+        finally:
+            await asyncio.to_thread(counter.close)
 
     @staticmethod
     def _read_again(consumer: Consumer, message: Message) -> None:
@@ -169,10 +196,12 @@ class Notifier:
         """Process one message; True when its offset may be stored (printed, or parked in the DLQ)."""
         where = {"partition": message.partition(), "offset": message.offset(), "instance": self.options.instance}
         delay = self.options.backoff_seconds
+        last_error = ""
         for attempt in range(1, self.options.max_attempts + 1):
             try:
                 self._process(message)
             except (BadEventError, OSError) as exc:
+                last_error = str(exc)
                 # The cause is in the message; a traceback would only repeat it.
                 log.error("event processing failed", extra={**where, "attempt": attempt, "error": str(exc)})  # noqa: TRY400
             else:
@@ -190,7 +219,7 @@ class Notifier:
                 await self._park(
                     message,
                     dlq,
-                    error=f"failed {self.options.max_attempts} times",
+                    error=f"failed {self.options.max_attempts} times: {last_error}",
                     flush_s=min(PARK_FLUSH_SECONDS, max(remaining, 0.1)),
                 )
             except ParkingFailedError as exc:
@@ -208,7 +237,11 @@ class Notifier:
     def _process(self, message: Message) -> None:
         event = parse_event(message.value())
         line = render_line(
-            event, partition=message.partition() or 0, offset=message.offset() or 0, instance=self.options.instance
+            event,
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            instance=self.options.instance,
+            replayed=any(key == REPLAY_OF for key, _ in header_pairs(message)),
         )
         self.out.write(line + "\n")
         self.out.flush()
@@ -237,6 +270,7 @@ class Notifier:
         remaining = await asyncio.to_thread(dlq.flush, flush_s)
         if remaining or errors:
             raise ParkingFailedError(str(errors[0]) if errors else "DLQ flush timed out")
+        self.dead_letters_changed.set()
         log.warning(
             "event parked in the DLQ",
             extra={"partition": message.partition(), "offset": message.offset(), "dlq": self.settings.dlq_topic()},
@@ -254,24 +288,12 @@ def group_lag(consumer: Consumer, topic: str) -> dict[int, int]:
     return lag
 
 
-def topic_depth(consumer: Consumer, topic: str) -> int:
-    """Messages held in ``topic`` (end minus start offset over its partitions): the DLQ's dead letters."""
-    metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics[topic]
-    total = 0
-    for partition in metadata.partitions:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S, cached=False
-        )
-        total += high - low
-    return total
-
-
 def notifier_probes(settings: NotifierSettings) -> tuple[Probes, Notifier]:
     """A notifier and its probes: active with partitions assigned, standby without; Kafka answers; the group's lag
-    per partition and the DLQ topic's depth."""
+    per partition. The DLQ's waiting dead letters are counted by the notifier itself (``_count_dead_letters``)."""
     probes = Probes(service="notifier", instance=settings.notifier.instance)
     notifier = Notifier(settings, probes=probes)
-    dead = DEAD_LETTERS.labels("notifier")
+    DEAD_LETTERS.labels("notifier")  # the family is served from the first scrape; the notifier keeps it current
 
     def read(what: Any, topic: str) -> Any:
         with notifier.consumer_lock:
@@ -286,12 +308,8 @@ def notifier_probes(settings: NotifierSettings) -> tuple[Probes, Notifier]:
         for partition, behind in (await asyncio.to_thread(read, group_lag, settings.events_topic())).items():
             CONSUMER_LAG.labels("notifier", str(partition)).set(behind)
 
-    async def dead_letters() -> None:
-        dead.set(await asyncio.to_thread(read, topic_depth, settings.dlq_topic()))
-
     probes.check("kafka", kafka)
     probes.on_scrape("consumer_lag", lag)
-    probes.on_scrape("dead_letters", dead_letters)
     return probes, notifier
 
 

@@ -38,16 +38,17 @@ def parse_event(value: bytes | None) -> dict[str, Any]:
     return event
 
 
-def render_line(event: dict[str, Any], *, partition: int, offset: int, instance: str) -> str:
-    return json.dumps(
-        {
-            "order_id": event["order_id"],
-            "status": event["status"],
-            "occurred_at": event["occurred_at"],
-            "event_id": event.get("event_id"),
-            "partition": partition,
-            "offset": offset,
-            "instance": instance,
-        },
-        separators=(",", ":"),
-    )
+def render_line(event: dict[str, Any], *, partition: int, offset: int, instance: str, replayed: bool = False) -> str:
+    """One JSON line; ``"replayed": true`` marks an event sent again from the DLQ (it may follow later events)."""
+    line = {
+        "order_id": event["order_id"],
+        "status": event["status"],
+        "occurred_at": event["occurred_at"],
+        "event_id": event.get("event_id"),
+        "partition": partition,
+        "offset": offset,
+        "instance": instance,
+    }
+    if replayed:
+        line["replayed"] = True
+    return json.dumps(line, separators=(",", ":"))

@@ -28,6 +28,10 @@ class NotifierOptions(BaseModel):
     # Stored offsets are committed in the background this often, and always on revoke and on shutdown.
     commit_interval_ms: int = Field(default=1000, ge=10, description="background commit of stored offsets")
     poll_seconds: float = Field(default=0.5, gt=0, le=5, description="longest wait of one consumer poll")
+    # orderly_dead_letters is re-read this often (the DLQ is read again only when its end offsets moved).
+    dead_letters_refresh_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="how often the DLQ's waiting dead letters are counted"
+    )
     # How long one message may keep trying to reach the DLQ before the member goes back to polling (the message is
     # read again later from its offset). Bounded so that the member never exceeds max_poll_interval_ms and is evicted.
     park_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="longest try to park one message")

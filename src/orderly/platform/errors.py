@@ -266,7 +266,8 @@ def _nats(exc: BaseException, name: str, reason: str) -> Fault | None:  # noqa: 
 
 
 _CLICKHOUSE_PERMANENT = {81: INIT_FIX, 60: INIT_FIX, 192: "credentials", 193: "credentials", 516: "credentials"}
-_CLICKHOUSE_TRANSIENT = {159, 202, 209, 210, 252, 425, 999}  # timeouts, too many queries/parts, network, keeper
+# Timeouts, too many queries/parts, memory limit, a read-only replica, a cancelled query, network, keeper.
+_CLICKHOUSE_TRANSIENT = {159, 202, 209, 210, 241, 242, 252, 394, 425, 999}
 
 
 def _clickhouse(exc: BaseException, name: str, reason: str) -> Fault | None:

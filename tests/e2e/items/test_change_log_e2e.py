@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
+from orderly.items.deadletters import dead_letters_waiting
 from orderly.items.settings import ItemsSettings
 from tests.integration.items.support import items_env, items_settings
 from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, wait_until
@@ -170,3 +172,9 @@ async def test_no_change_is_lost_when_nats_restarts_and_clickhouse_stops_for_fiv
     assert any("clickhouse reachable again" in line for line in audit.errors)
     for process in (relay, audit):  # both rode through the restarts: the same processes, still running
         assert process.proc.poll() is None, "\n".join(process.errors[-20:])
+    assert not any("parked" in line for line in audit.errors), "an outage is waited out, never dead-lettered"
+    nc = await nats.connect(settings.nats.url())
+    try:
+        assert await dead_letters_waiting(nc.jetstream(), settings.dead_letter_stream_name) == 0
+    finally:
+        await nc.close()

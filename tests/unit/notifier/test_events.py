@@ -39,3 +39,11 @@ def test_a_loms_event_renders_as_one_line_with_the_promised_fields() -> None:
 def test_a_message_that_is_not_an_order_event_is_rejected(value: bytes | None) -> None:
     with pytest.raises(BadEventError):
         parse_event(value)
+
+
+def test_an_event_replayed_from_the_dlq_is_marked_on_its_line() -> None:
+    event = order_event(Order(3, 9, OrderStatus.NEW), OrderStatus.PAYED)
+    line = json.loads(render_line(event, partition=0, offset=5, instance="n1", replayed=True))
+    assert line["replayed"] is True
+    assert line["event_id"] == event["event_id"]
+    assert "replayed" not in json.loads(render_line(event, partition=0, offset=5, instance="n1"))

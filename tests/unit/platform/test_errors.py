@@ -222,6 +222,7 @@ def test_nats_errors(exc: BaseException, expected: type[Fault]) -> None:
         (clickhouse_driver.errors.ServerException("Database orderly_items doesn't exist", code=81), Permanent),
         (clickhouse_driver.errors.ServerException("Table orderly_items.item_events doesn't exist", code=60), Permanent),
         (clickhouse_driver.errors.ServerException("Authentication failed", code=516), Permanent),
+        (clickhouse_driver.errors.ServerException("Memory limit (total) exceeded", code=241), Transient),
         (clickhouse_driver.errors.ServerException("Cannot parse input", code=27), Poison),
     ],
 )
