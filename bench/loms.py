@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,6 +29,7 @@ import httpx
 import psutil
 from confluent_kafka import Producer
 
+from bench.reporting import RESULTS, save_results
 from orderly.loms.kafka_admin import admin_client, init_topics
 from orderly.loms.relay import claim_batch, delete_batch, producer_config
 from orderly.loms.schema import migrate
@@ -43,7 +43,6 @@ SECONDS = int(os.environ.get("BENCH_LOMS_SECONDS", "20"))
 ROUNDS = int(os.environ.get("BENCH_LOMS_ROUNDS", "3"))
 RELAY_BATCH = 5000
 CONNECTIONS = 100
-RESULTS = Path(__file__).parent / "results"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -379,10 +378,7 @@ async def main() -> None:
         "raw_producer": kafka,
         "latency": latency,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "loms.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "loms.md").write_text(markdown(result))
-    print(markdown(result))
+    print(save_results("loms", result, markdown))
 
 
 if __name__ == "__main__":
