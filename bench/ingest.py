@@ -30,6 +30,7 @@ import httpx
 import psutil
 from uuid_utils.compat import uuid7
 
+from bench.databases import drop_postgres_database
 from bench.reporting import RESULTS, save_results
 from orderly.ingest.domain import AcceptedRequest
 from orderly.platform.settings import InfraSettings
@@ -149,11 +150,7 @@ async def prepare(base: InfraSettings) -> InfraSettings:
 
 
 async def cleanup(base: InfraSettings) -> None:
-    admin = await asyncpg.connect(base.postgres.dsn("postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TAG}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_postgres_database(base.postgres, TAG)
     r = base.rabbitmq
     async with httpx.AsyncClient(
         base_url=f"http://{r.host}:{r.management_port}/api", auth=(r.user, r.password.get_secret_value())

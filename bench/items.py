@@ -28,6 +28,7 @@ import nats
 import psutil
 import redis
 
+from bench.databases import drop_postgres_database
 from bench.reporting import save_results
 from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsOptions, ItemsSettings
@@ -289,11 +290,7 @@ async def stream_messages(settings: ItemsSettings) -> int:
 
 
 async def drop(settings: ItemsSettings) -> None:
-    conn = await asyncpg.connect(settings.postgres.dsn("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{settings.postgres.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_postgres_database(settings.postgres, settings.postgres.database)
     client = clickhouse_client(settings.clickhouse, database="default")
     try:
         client.execute(f"DROP DATABASE IF EXISTS `{settings.clickhouse.database}`")

@@ -29,6 +29,7 @@ import httpx
 import psutil
 from confluent_kafka import Producer
 
+from bench.databases import drop_postgres_database
 from bench.reporting import RESULTS, save_results
 from orderly.loms.kafka_admin import admin_client, init_topics
 from orderly.loms.relay import claim_batch, delete_batch, producer_config
@@ -361,9 +362,7 @@ async def main() -> None:
         print(latency, file=sys.stderr)
     finally:
         await conn.close()
-        admin = await asyncpg.connect(settings.postgres.dsn("postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{settings.postgres.database}" WITH (FORCE)')
-        await admin.close()
+        await drop_postgres_database(settings.postgres, settings.postgres.database)
         client = admin_client(settings.kafka)
         topics = [t for t in client.list_topics(timeout=10).topics if t.startswith(f"bench.{run}.")]
         if topics:
