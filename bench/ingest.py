@@ -30,11 +30,12 @@ import httpx
 import psutil
 from uuid_utils.compat import uuid7
 
+from bench.databases import drop_postgres_database
+from bench.reporting import RESULTS, save_results
 from orderly.ingest.domain import AcceptedRequest
 from orderly.platform.settings import InfraSettings
 from orderly.runner import wait_http_ready
 
-RESULTS = Path(__file__).parent / "results"
 TAG = "bench_ingest"
 QUEUE = "ingest.requests"
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
@@ -149,11 +150,7 @@ async def prepare(base: InfraSettings) -> InfraSettings:
 
 
 async def cleanup(base: InfraSettings) -> None:
-    admin = await asyncpg.connect(base.postgres.dsn("postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TAG}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_postgres_database(base.postgres, TAG)
     r = base.rabbitmq
     async with httpx.AsyncClient(
         base_url=f"http://{r.host}:{r.management_port}/api", auth=(r.user, r.password.get_secret_value())
@@ -573,10 +570,7 @@ async def main() -> None:
         print(results["latency"], flush=True)
     finally:
         await cleanup(base)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "ingest.md").write_text(markdown(results))
-    print(markdown(results))
+    print(save_results("ingest", results, markdown))
 
 
 async def entries_only() -> None:
@@ -590,8 +584,7 @@ async def entries_only() -> None:
     print(measured, flush=True)
     results = json.loads((RESULTS / "ingest.json").read_text())
     results["entries"] = {**measured, "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "ingest.md").write_text(markdown(results))
+    save_results("ingest", results, markdown)
 
 
 if __name__ == "__main__":

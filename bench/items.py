@@ -28,13 +28,14 @@ import nats
 import psutil
 import redis
 
+from bench.databases import drop_postgres_database
+from bench.reporting import save_results
 from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsOptions, ItemsSettings
 from orderly.platform.pools import clickhouse_client
 from orderly.platform.settings import ClickHouseSettings, NatsSettings, PostgresSettings, RedisSettings
 from orderly.runner import wait_http_ready
 
-RESULTS = Path(__file__).parent / "results"
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 SEED_ITEMS = 1000
@@ -289,11 +290,7 @@ async def stream_messages(settings: ItemsSettings) -> int:
 
 
 async def drop(settings: ItemsSettings) -> None:
-    conn = await asyncpg.connect(settings.postgres.dsn("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{settings.postgres.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_postgres_database(settings.postgres, settings.postgres.database)
     client = clickhouse_client(settings.clickhouse, database="default")
     try:
         client.execute(f"DROP DATABASE IF EXISTS `{settings.clickhouse.database}`")
@@ -391,10 +388,7 @@ def main() -> None:
         for proc in procs.values():
             proc.stop()
         asyncio.run(drop(settings))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "items.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "items.md").write_text(markdown(results))
-    print(markdown(results))
+    print(save_results("items", results, markdown))
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,6 +29,8 @@ import httpx
 import psutil
 from confluent_kafka import Producer
 
+from bench.databases import drop_postgres_database
+from bench.reporting import RESULTS, save_results
 from orderly.loms.kafka_admin import admin_client, init_topics
 from orderly.loms.relay import claim_batch, delete_batch, producer_config
 from orderly.loms.schema import migrate
@@ -43,7 +44,6 @@ SECONDS = int(os.environ.get("BENCH_LOMS_SECONDS", "20"))
 ROUNDS = int(os.environ.get("BENCH_LOMS_ROUNDS", "3"))
 RELAY_BATCH = 5000
 CONNECTIONS = 100
-RESULTS = Path(__file__).parent / "results"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -362,9 +362,7 @@ async def main() -> None:
         print(latency, file=sys.stderr)
     finally:
         await conn.close()
-        admin = await asyncpg.connect(settings.postgres.dsn("postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{settings.postgres.database}" WITH (FORCE)')
-        await admin.close()
+        await drop_postgres_database(settings.postgres, settings.postgres.database)
         client = admin_client(settings.kafka)
         topics = [t for t in client.list_topics(timeout=10).topics if t.startswith(f"bench.{run}.")]
         if topics:
@@ -379,10 +377,7 @@ async def main() -> None:
         "raw_producer": kafka,
         "latency": latency,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "loms.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "loms.md").write_text(markdown(result))
-    print(markdown(result))
+    print(save_results("loms", result, markdown))
 
 
 if __name__ == "__main__":

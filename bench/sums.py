@@ -30,6 +30,7 @@ import httpx
 import psutil
 import redis
 
+from bench.reporting import save_results
 from orderly.platform.settings import InfraSettings
 from orderly.sums.cli import migrate_database
 
@@ -399,11 +400,7 @@ async def main() -> None:
         "services": services,
         "loops": loops,
     }
-    out = ROOT / "results"
-    out.mkdir(exist_ok=True)
-    (out / "sums.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "sums.md").write_text(markdown(report))
-    print(markdown(report))
+    print(save_results("sums", report, markdown))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import yaml
 
 from orderly.platform.processes import HEALTH_PORTS
 from orderly.runner import DRAIN_SECONDS, all_processes
+from orderly.stack.base import debian_version
 from orderly.stack.scrape import rules_text
-from orderly.stack.servers import debian_version
 from tests.unit.deploy_support import ROOT, flag, local_counts, probe_ports, process_kind
 
 ORDERLY_IMAGE = "orderly:local"  # built from the Dockerfile by compose itself

@@ -17,9 +17,9 @@ from orderly.items import repository as repo
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream, publish_all
 from orderly.platform.lifecycle import Shutdown
-from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
+from orderly.platform.metrics import BatchTimer
 from orderly.platform.pools import postgres_pool
-from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.probes import Probes, outbox_relay_probes, serve_probes
 from orderly.platform.retry import Retry, StoppedError
 
 log = logging.getLogger(__name__)
@@ -81,26 +81,16 @@ def relay_probes(settings: ItemsSettings, pool: asyncpg.Pool, nats_client: Calla
     """The relay's probes: PostgreSQL and NATS answer; the outbox backlog and its oldest row's age.
 
     Relays claim with SKIP LOCKED, so every running relay is active."""
-    probes = Probes(service="items-relay", instance=settings.probe.instance)
+    probes = outbox_relay_probes(
+        service="items-relay", instance=settings.probe.instance, outbox="items", pool=pool, backlog=repo.outbox_backlog
+    )
     probes.set_role("active")
-    pending, age = OUTBOX_PENDING.labels("items"), OUTBOX_OLDEST_AGE.labels("items")
-
-    async def postgres() -> bool:
-        return bool(await pool.fetchval("SELECT 1"))
 
     async def nats_server() -> bool:
         nc = nats_client()
         return nc is not None and nc.is_connected
 
-    async def outbox() -> None:
-        async with pool.acquire() as conn:
-            rows, oldest = await repo.outbox_backlog(conn)
-        pending.set(rows)
-        age.set(oldest)
-
-    probes.check("postgres", postgres)
     probes.check("nats", nats_server)
-    probes.on_scrape("outbox", outbox)
     return probes
 
 

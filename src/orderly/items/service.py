@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -46,6 +47,22 @@ async def _invalidate(cache: ListCache) -> None:
         raise OutcomeUnknownError("redis") from exc
 
 
+@asynccontextmanager
+async def _write(pool: asyncpg.Pool, cache: ListCache) -> AsyncIterator[asyncpg.Connection]:
+    """A write use case's transaction; once it has committed (never after a rollback), the list cache is invalidated."""
+    async with pool.acquire() as conn, write_transaction(conn):
+        yield conn
+    await _invalidate(cache)
+
+
+async def _lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int) -> Item:
+    """The item's row, locked until the transaction ends; ``ItemNotFoundError`` when the campaign has no such item."""
+    item = await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id)
+    if item is None:
+        raise ItemNotFoundError(item_id)
+    return item
+
+
 def _events(kind: EventKind, items: list[Item]) -> list[ChangeEvent]:
     at = datetime.now(UTC)
     return [ChangeEvent(event_id=str(uuid_utils.uuid7()), kind=kind, item=item, event_time=at) for item in items]
@@ -56,13 +73,12 @@ async def create_item(
 ) -> Item:
     """Insert an item at the end of the priority order (max + 1, serialised by an advisory lock)."""
     name, description = clean_name(name), clean_description(description)
-    async with pool.acquire() as conn, write_transaction(conn):
+    async with _write(pool, cache) as conn:
         if not await repo.campaign_exists(conn, campaign_id):
             raise CampaignNotFoundError(campaign_id)
         await repo.lock_priorities(conn)
         item = await repo.insert_item(conn, campaign_id=campaign_id, name=name, description=description)
         await repo.add_events(conn, _events("created", [item]))
-    await _invalidate(cache)
     return item
 
 
@@ -80,28 +96,23 @@ async def update_item(
 
     ``keep_description`` leaves the stored description as it is (the request did not mention it).
     """
-    async with pool.acquire() as conn, write_transaction(conn):
-        current = await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id)
-        if current is None:
-            raise ItemNotFoundError(item_id)
+    async with _write(pool, cache) as conn:
+        current = await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         item = replace(
             current,
             name=clean_name(name),
             description=current.description if keep_description else clean_description(description),
         )
         await repo.save_edit(conn, item, _events("updated", [item]))
-    await _invalidate(cache)
     return item
 
 
 async def remove_item(*, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int) -> Item:
     """Soft-delete: the row stays, flagged removed; a second remove finds nothing to remove."""
-    async with pool.acquire() as conn, write_transaction(conn):
-        if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
-            raise ItemNotFoundError(item_id)
+    async with _write(pool, cache) as conn:
+        await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         item = await repo.mark_removed(conn, item_id=item_id)
         await repo.add_events(conn, _events("removed", [item]))
-    await _invalidate(cache)
     return item
 
 
@@ -116,11 +127,10 @@ async def reprioritize_item(
     each in /logs) stays bounded.
     """
     new_priority = check_priority(new_priority)
-    async with pool.acquire() as conn, write_transaction(conn):
+    async with _write(pool, cache) as conn:
         # Same order as create (priority lock, then row lock) so the two can never deadlock.
         await repo.lock_priorities(conn)
-        if await repo.lock_item(conn, item_id=item_id, campaign_id=campaign_id) is None:
-            raise ItemNotFoundError(item_id)
+        await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         shifted = await repo.collision_run(conn, item_id=item_id, new_priority=new_priority, limit=max_moves)
         if len(shifted) > max_moves:
             raise InvalidFieldError(
@@ -128,7 +138,6 @@ async def reprioritize_item(
             )
         changed = await repo.move_items(conn, item_id=item_id, new_priority=new_priority, shifted=shifted)
         await repo.add_events(conn, _events("reprioritized", changed))
-    await _invalidate(cache)
     return changed
 
 

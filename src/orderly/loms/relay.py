@@ -23,9 +23,9 @@ from orderly.loms import repository
 from orderly.loms.settings import LomsOptions, LomsSettings
 from orderly.platform.errors import DependencyUnavailableError
 from orderly.platform.lifecycle import Shutdown
-from orderly.platform.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, BatchTimer
+from orderly.platform.metrics import BatchTimer
 from orderly.platform.pools import kafka_config, postgres_pool
-from orderly.platform.probes import Probes, serve_probes
+from orderly.platform.probes import Probes, outbox_relay_probes, serve_probes
 from orderly.platform.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -325,24 +325,18 @@ def _after_failure(
 def relay_probes(settings: LomsSettings, pool: asyncpg.Pool, stats: RelayStats) -> Probes:
     """The relay's probes: active while it holds the relay lock, standby while it waits; PostgreSQL and Kafka answer;
     the outbox backlog and its oldest row's age."""
-    probes = Probes(service="loms-relay", instance=settings.probe.instance)
-    pending, age = OUTBOX_PENDING.labels("loms"), OUTBOX_OLDEST_AGE.labels("loms")
-
-    async def postgres() -> bool:
-        return bool(await pool.fetchval("SELECT 1"))
+    probes = outbox_relay_probes(
+        service="loms-relay",
+        instance=settings.probe.instance,
+        outbox="loms",
+        pool=pool,
+        backlog=repository.outbox_backlog,
+    )
 
     async def kafka() -> bool:
         return stats.broker_ok
 
-    async def outbox() -> None:
-        async with pool.acquire() as conn:
-            rows, oldest = await repository.outbox_backlog(conn)
-        pending.set(rows)
-        age.set(oldest)
-
-    probes.check("postgres", postgres)
     probes.check("kafka", kafka)
-    probes.on_scrape("outbox", outbox)
     return probes
 
 

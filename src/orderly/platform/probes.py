@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import asyncpg
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from orderly.platform.metrics import ACTIVE
+from orderly.platform.metrics import ACTIVE, OUTBOX_OLDEST_AGE, OUTBOX_PENDING
 from orderly.platform.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,35 @@ class Probes:
     async def metrics(self) -> bytes:
         await self.refresh()
         return generate_latest(self.registry)
+
+
+def outbox_relay_probes(
+    *,
+    service: str,
+    instance: str,
+    outbox: str,
+    pool: asyncpg.Pool,
+    backlog: Callable[[asyncpg.Connection], Awaitable[tuple[int, float]]],
+) -> Probes:
+    """What every outbox relay reports: PostgreSQL answers (/readyz); the backlog and its oldest row's age (/metrics).
+
+    ``backlog`` counts the rows of the service's own outbox table; the gauges carry ``outbox`` as their label.
+    """
+    probes = Probes(service=service, instance=instance)
+    pending, age = OUTBOX_PENDING.labels(outbox), OUTBOX_OLDEST_AGE.labels(outbox)
+
+    async def postgres() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def refresh_backlog() -> None:
+        async with pool.acquire() as conn:
+            rows, oldest = await backlog(conn)
+        pending.set(rows)
+        age.set(oldest)
+
+    probes.check("postgres", postgres)
+    probes.on_scrape("outbox", refresh_backlog)
+    return probes
 
 
 async def _answer(probes: Probes, target: str) -> tuple[int, str, bytes]:

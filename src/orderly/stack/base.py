@@ -18,6 +18,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +28,12 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponenti
 from orderly.platform.settings import LOOPBACK, InfraSettings
 
 SERVICE_USER = "orderly"
+
+
+@cache
+def debian_version(package: str) -> str:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "not installed"
 
 
 class StackError(Exception):
@@ -168,8 +175,9 @@ class Server(ABC):
     @abstractmethod
     def is_ready(self) -> bool: ...
 
-    @abstractmethod
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The installed version of its package (a server not installed from a Debian package says otherwise)."""
+        return debian_version(self.package)
 
     def prepare(self) -> None:
         """Create the data folder and configuration (idempotent)."""

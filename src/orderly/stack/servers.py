@@ -6,7 +6,6 @@ import base64
 import signal
 import subprocess
 import uuid
-from functools import cache
 from pathlib import Path
 
 from orderly.stack.base import Server, accepts_tcp, http_ok
@@ -14,12 +13,6 @@ from orderly.stack.base import Server, accepts_tcp, http_ok
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
-
-
-@cache
-def debian_version(package: str) -> str:
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "not installed"
 
 
 class Postgres(Server):
@@ -81,9 +74,6 @@ class Postgres(Server):
         )
         return done.returncode == 0
 
-    def version(self) -> str:
-        return debian_version(self.package)
-
 
 class MariaDB(Server):
     name = "mariadb"
@@ -132,9 +122,6 @@ class MariaDB(Server):
         )  # fmt: skip
         return done.returncode == 0
 
-    def version(self) -> str:
-        return debian_version(self.package)
-
 
 REDIS_MAXMEMORY = "256mb"
 REDIS_MAXMEMORY_POLICY = "volatile-lru"
@@ -171,9 +158,6 @@ class Redis(Server):
         )  # fmt: skip
         return done.stdout.strip() == "PONG"
 
-    def version(self) -> str:
-        return debian_version(self.package)
-
 
 class Nats(Server):
     name = "nats"
@@ -195,9 +179,6 @@ class Nats(Server):
 
     def is_ready(self) -> bool:
         return http_ok(f"http://127.0.0.1:{self.ports['monitor']}/healthz?js-enabled-only=true")
-
-    def version(self) -> str:
-        return debian_version(self.package)
 
 
 class ClickHouse(Server):
@@ -253,9 +234,6 @@ class ClickHouse(Server):
 
     def is_ready(self) -> bool:
         return http_ok(f"http://127.0.0.1:{self.ports['http']}/ping")
-
-    def version(self) -> str:
-        return debian_version(self.package)
 
 
 class RabbitMQ(Server):
@@ -335,9 +313,6 @@ class RabbitMQ(Server):
         epmd = self.ports["epmd"]
         if accepts_tcp(epmd):
             self.run_as_user(["epmd", "-port", str(epmd), "-kill"])
-
-    def version(self) -> str:
-        return debian_version(self.package)
 
 
 def new_cluster_id() -> str:
@@ -504,9 +479,6 @@ class Prometheus(Server):
 
     def is_ready(self) -> bool:
         return http_ok(f"http://127.0.0.1:{self.main_port}/-/ready")
-
-    def version(self) -> str:
-        return debian_version(self.package)
 
 
 ALL_SERVERS: tuple[type[Server], ...] = (Postgres, MariaDB, Redis, Nats, ClickHouse, RabbitMQ, Kafka, Prometheus)

@@ -19,7 +19,7 @@ import httpx
 from orderly.ingest.client import NotAcceptedError, StompSender
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Processes, Spawned, free_port, infra_env, wait_until
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, infra_env, wait_until
 
 
 def migrate(settings: InfraSettings) -> dict[str, str]:
@@ -35,6 +35,22 @@ def migrate(settings: InfraSettings) -> dict[str, str]:
     )
     assert done.returncode == 0, done.stderr
     return env
+
+
+async def migrated_settings(
+    namespace: Namespace, name: str, *, scratch: ScratchStack | None = None
+) -> tuple[InfraSettings, dict[str, str]]:
+    """Fresh settings of their own, migrated, and the environment for child processes that use them.
+
+    With ``scratch``, its servers are started and stand in for the shared ones, so the test may stop and restart them.
+    """
+    if scratch is not None:
+        await asyncio.to_thread(scratch.up)
+    settings = await namespace.settings(name)
+    if scratch is not None:
+        private = scratch.settings
+        settings = settings.model_copy(update={server: getattr(private, server) for server in scratch.servers})
+    return settings, migrate(settings)
 
 
 def start_api(processes: Processes, env: dict[str, str]) -> tuple[Spawned, int]:
@@ -203,6 +219,33 @@ async def count_stored(settings: InfraSettings) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM requests"))
     finally:
         await conn.close()
+
+
+async def wait_stored(settings: InfraSettings, at_least: int, *, within: float, what: str) -> None:
+    async def enough() -> bool:
+        return await count_stored(settings) >= at_least
+
+    await wait_until(enough, within=within, what=what)
+
+
+async def restart_rabbitmq_while_requests_flow(scratch: ScratchStack, settings: InfraSettings) -> None:
+    """Restart the scratch RabbitMQ once 100 requests are stored; return when 200 more are stored after it."""
+    await wait_stored(settings, 100, within=60, what="requests flowing")
+    await asyncio.to_thread(scratch.down, "rabbitmq")
+    await asyncio.to_thread(scratch.up, "rabbitmq")
+    resumed_from = await count_stored(settings)
+    await wait_stored(settings, resumed_from + 200, within=90, what="requests flowing after the restart")
+
+
+async def printed_events(daemon: Spawned, accepted: list[Sent], *, within: float) -> list[dict[str, Any]]:
+    """Wait until the daemon printed as many lines as the accepted requests have numbers; the events it printed."""
+    total = sum(len(s.numbers) for s in accepted)
+
+    async def all_out() -> bool:
+        return len(daemon.lines) >= total
+
+    await wait_until(all_out, within=within, what=f"{total} daemon lines")
+    return daemon_events(daemon.lines)
 
 
 def assert_stored_exactly(rows: list[asyncpg.Record], tokens: set[str]) -> None:

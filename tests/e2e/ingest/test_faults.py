@@ -20,12 +20,13 @@ from tests.e2e.ingest.conftest import (
     assert_rows_before_exact,
     assert_stored_exactly,
     count_stored,
-    daemon_events,
-    migrate,
+    migrated_settings,
+    printed_events,
     send_requests,
     start_api,
     stored_requests,
     wait_for_line,
+    wait_stored,
 )
 from tests.plumbing import Namespace, Processes, free_port, wait_until
 
@@ -35,8 +36,7 @@ pytestmark = pytest.mark.slow
 async def test_worker_killed_mid_batch_loses_nothing_and_inserts_nothing_twice(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("killworker")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "killworker")
     _, port = start_api(processes, env)
     sent = await send_requests(port, clients=20, per_client=150)
     tokens = {s.token for s in sent if s.status == 202}
@@ -44,20 +44,12 @@ async def test_worker_killed_mid_batch_loses_nothing_and_inserts_nothing_twice(
 
     # Small batches make the drain slow enough to be caught in the middle.
     first = processes.start("ingest", "worker", "--batch-size", "20", env=env)
-
-    async def some_stored() -> bool:
-        return await count_stored(settings) >= 300
-
-    await wait_until(some_stored, within=60, what="the worker to store a few batches")
+    await wait_stored(settings, 300, within=60, what="the worker to store a few batches")
     first.kill()
     assert await count_stored(settings) < len(tokens), "the worker finished before it could be killed"
 
     processes.start("ingest", "worker", "--batch-size", "100", env=env)
-
-    async def all_stored() -> bool:
-        return await count_stored(settings) >= len(tokens)
-
-    await wait_until(all_stored, within=120, what="every accepted request stored")
+    await wait_stored(settings, len(tokens), within=120, what="every accepted request stored")
     assert_stored_exactly(await stored_requests(settings), tokens)
 
 
@@ -73,8 +65,7 @@ async def _stored_metric(port: int) -> float:
 async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_holds(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("standby")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "standby")
     _, port = start_api(processes, env)
     metrics_active, metrics_standby = free_port(), free_port()
     active = processes.start("ingest", "worker", "--health-port", str(metrics_active), env=env)
@@ -84,28 +75,18 @@ async def test_standby_worker_takes_over_when_the_active_one_dies_and_order_hold
     daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=100)
-
-    async def stored(n: int) -> bool:
-        return await count_stored(settings) >= n
-
-    await wait_until(lambda: stored(1000), within=60, what="1000 requests stored")
+    await wait_stored(settings, 1000, within=60, what="1000 requests stored")
     assert await _stored_metric(metrics_active) == 1000
     assert await _stored_metric(metrics_standby) == 0  # a second worker is never a second writer
 
     active.kill()
     after = await send_requests(port, clients=10, per_client=100, first_marker=1000)
-    await wait_until(lambda: stored(2000), within=60, what="the standby to store the rest")
+    await wait_stored(settings, 2000, within=60, what="the standby to store the rest")
     assert await _stored_metric(metrics_standby) == 1000
 
     accepted = [s for s in before + after if s.status == 202]
     assert len(accepted) == 2000
-    total = sum(len(s.numbers) for s in accepted)
-
-    async def all_out() -> bool:
-        return len(daemon.lines) >= total
-
-    await wait_until(all_out, within=60, what="every event printed")
-    events = daemon_events(daemon.lines)
+    events = await printed_events(daemon, accepted, within=60)
     assert_happens_before_order(accepted, events)
     assert_rows_before_exact(events)
     assert_stored_exactly(await stored_requests(settings), {s.token for s in accepted})
@@ -124,8 +105,8 @@ def _parsed(lines: list[str]) -> list[int]:
 async def test_daemon_killed_resumes_from_its_cursor_repeating_at_most_one_batch(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("killdaemon")
-    env = {**migrate(settings), "ORDERLY_INGEST__DAEMON_BATCH": "20"}
+    settings, migrated_env = await migrated_settings(namespace, "killdaemon")
+    env = {**migrated_env, "ORDERLY_INGEST__DAEMON_BATCH": "20"}
     conn = await repository.connect(settings.postgres)
     try:
         # Stored through the worker's own batch procedure: the daemon only reads the events table.
@@ -182,8 +163,7 @@ async def _queue_poison_then_valid(settings_url: str, options: IngestOptions) ->
 
 
 async def test_poison_message_stops_the_line_with_a_clear_error(namespace: Namespace, processes: Processes) -> None:
-    settings = await namespace.settings("poison")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "poison")
     await _queue_poison_then_valid(settings.rabbitmq.url(), IngestOptions())
     worker = processes.start("ingest", "worker", env=env)
     code = await asyncio.to_thread(worker.proc.wait, 60)
@@ -193,8 +173,7 @@ async def test_poison_message_stops_the_line_with_a_clear_error(namespace: Names
 
 
 async def test_skip_poison_dead_letters_it_and_goes_on(namespace: Namespace, processes: Processes) -> None:
-    settings = await namespace.settings("skippoison")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "skippoison")
     options = IngestOptions()
     valid = await _queue_poison_then_valid(settings.rabbitmq.url(), options)
     worker = processes.start("ingest", "worker", "--skip-poison", env=env)

@@ -14,6 +14,8 @@ from tests.e2e.ingest.conftest import (
     assert_rows_before_exact,
     daemon_events,
     migrate,
+    migrated_settings,
+    printed_events,
     send_requests,
     start_api,
 )
@@ -21,8 +23,7 @@ from tests.plumbing import Namespace, Processes, wait_until
 
 
 async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Namespace, processes: Processes) -> None:
-    settings = await namespace.settings("order")
-    env = migrate(settings)
+    _, env = await migrated_settings(namespace, "order")
     _, port = start_api(processes, env)
     processes.start("ingest", "worker", env=env)
     daemon = processes.start("ingest", "daemon", env=env)
@@ -30,14 +31,8 @@ async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Names
     sent = await send_requests(port, clients=50, per_client=100)
     accepted = [s for s in sent if s.status == 202]
     assert len(accepted) == 5000, {s.status for s in sent}
-    total = sum(len(s.numbers) for s in accepted)
-
-    async def all_out() -> bool:
-        return len(daemon.lines) >= total
-
-    await wait_until(all_out, within=120, what=f"{total} daemon lines")
-    events = daemon_events(daemon.lines)
-    assert len(events) == total
+    events = await printed_events(daemon, accepted, within=120)
+    assert len(events) == sum(len(s.numbers) for s in accepted)
     assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
     assert_happens_before_order(accepted, events)
     assert_rows_before_exact(events)
@@ -46,8 +41,7 @@ async def test_concurrent_requests_come_out_in_acceptance_order(namespace: Names
 async def test_bad_input_is_rejected_naming_the_parameter_and_nothing_is_queued(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("contract")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "contract")
     _, port = start_api(processes, env)
     cases = {
         "": (400, "n"),

@@ -13,13 +13,14 @@ from orderly.platform.settings import InfraSettings
 from tests.e2e.ingest.conftest import (
     Sent,
     assert_stored_exactly,
-    count_stored,
     daemon_events,
-    migrate,
+    migrated_settings,
+    restart_rabbitmq_while_requests_flow,
     send_requests,
     start_api,
     stored_requests,
     wait_for_line,
+    wait_stored,
 )
 from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
 
@@ -39,24 +40,13 @@ async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
     scratch = scratch_stack("ingest-rabbit", "rabbitmq")
-    await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("rabbitrestart")
-    settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "rabbitrestart", scratch=scratch)
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_requests(port, clients=10, per_client=1_000_000, stop=stop))
-
-    async def stored(n: int) -> bool:
-        return await count_stored(settings) >= n
-
-    await wait_until(lambda: stored(100), within=60, what="requests flowing")
-    await asyncio.to_thread(scratch.down, "rabbitmq")
-    await asyncio.to_thread(scratch.up, "rabbitmq")
-    resumed_from = await count_stored(settings)
-    await wait_until(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+    await restart_rabbitmq_while_requests_flow(scratch, settings)
     stop.set()
     sent: list[Sent] = await flowing
 
@@ -94,20 +84,13 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
     scratch = scratch_stack("ingest-pg", "postgres")
-    await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("ingest-pgrestart")
-    settings = base.model_copy(update={"postgres": scratch.settings.postgres})
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "ingest-pgrestart", scratch=scratch)
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
     daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=30)
-
-    async def stored(n: int) -> bool:
-        return await count_stored(settings) >= n
-
-    await wait_until(lambda: stored(300), within=60, what="the first 300 stored")
+    await wait_stored(settings, 300, within=60, what="the first 300 stored")
     await asyncio.to_thread(scratch.down, "postgres")
     during = await send_requests(port, clients=10, per_client=30, first_marker=300)
     assert all(s.status == 202 for s in during)  # the API does not need PostgreSQL to accept
@@ -118,7 +101,7 @@ async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
 
     await wait_until(all_still_queued, within=30, what="the 300 unstored requests to stay in the queue (unacked)")
     await asyncio.to_thread(scratch.up, "postgres")
-    await wait_until(lambda: stored(600), within=90, what="the worker to resume after the restart")
+    await wait_stored(settings, 600, within=90, what="the worker to resume after the restart")
     assert worker.proc.poll() is None
     assert_stored_exactly(await stored_requests(settings), {s.token for s in before + during})
 
@@ -139,10 +122,7 @@ async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
     scratch = scratch_stack("ingest-both", "rabbitmq", "postgres")
-    await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("bothdown")
-    settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq, "postgres": scratch.settings.postgres})
-    env = migrate(settings)
+    _, env = await migrated_settings(namespace, "bothdown", scratch=scratch)
     api, port = start_api(processes, env)
     await asyncio.to_thread(scratch.down, "postgres")
     await asyncio.to_thread(scratch.down, "rabbitmq")

@@ -22,8 +22,9 @@ from tests.e2e.ingest.conftest import (
     assert_rows_before_exact,
     assert_stored_exactly,
     count_stored,
-    daemon_events,
-    migrate,
+    migrated_settings,
+    printed_events,
+    restart_rabbitmq_while_requests_flow,
     send_requests,
     send_stomp_requests,
     start_api,
@@ -54,8 +55,7 @@ async def dead_letters(settings: InfraSettings) -> list[tuple[bytes, str]]:
 async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_reason(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("stompbad")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "stompbad")
     worker = processes.start("ingest", "worker", "--batch-size", "4", env=env)
     await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
     good = [str(uuid4()) for _ in range(3)]
@@ -101,8 +101,7 @@ async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_r
 
 
 async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Namespace, processes: Processes) -> None:
-    settings = await namespace.settings("stompmix")
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "stompmix")
     _, port = start_api(processes, env)
     worker = processes.start("ingest", "worker", env=env)
     await wait_for_line(worker, "consuming", within=30)
@@ -115,14 +114,8 @@ async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Nam
     sent = over_http + over_stomp
     accepted = [s for s in sent if s.status == 202]
     assert len(accepted) == 2000, {s.status for s in sent}
-    total = sum(len(s.numbers) for s in accepted)
-
-    async def all_out() -> bool:
-        return len(daemon.lines) >= total
-
-    await wait_until(all_out, within=120, what=f"{total} daemon lines")
-    events = daemon_events(daemon.lines)
-    assert len(events) == total
+    events = await printed_events(daemon, accepted, within=120)
+    assert len(events) == sum(len(s.numbers) for s in accepted)
     assert_happens_before_order(accepted, events)
     assert_rows_before_exact(events)
 
@@ -133,25 +126,14 @@ async def test_a_broker_restart_loses_no_receipted_stomp_request(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
     scratch = scratch_stack("ingest-stomp", "rabbitmq")
-    await asyncio.to_thread(scratch.up)
-    base = await namespace.settings("stomprestart")
-    settings = base.model_copy(update={"rabbitmq": scratch.settings.rabbitmq})
-    env = migrate(settings)
+    settings, env = await migrated_settings(namespace, "stomprestart", scratch=scratch)
     worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
     await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_stomp_requests(settings, clients=8, per_client=1_000_000, stop=stop))
-
-    async def stored(n: int) -> bool:
-        return await count_stored(settings) >= n
-
     try:
-        await wait_until(lambda: stored(100), within=60, what="requests flowing")
-        await asyncio.to_thread(scratch.down, "rabbitmq")
-        await asyncio.to_thread(scratch.up, "rabbitmq")
-        resumed_from = await count_stored(settings)
-        await wait_until(lambda: stored(resumed_from + 200), within=90, what="requests flowing after the restart")
+        await restart_rabbitmq_while_requests_flow(scratch, settings)
     finally:
         stop.set()  # the sender threads end with the test, whatever happened
         sent = await flowing

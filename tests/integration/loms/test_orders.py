@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -39,6 +39,14 @@ async def put_stock(pool: asyncpg.Pool, sku: int, total: int) -> None:
     )
 
 
+async def order_on_fresh_stock(pool: asyncpg.Pool, user: int, lines: dict[int, tuple[int, int]]) -> service.Created:
+    """Give each sku a fresh stock, then order some of each: ``lines`` maps sku → (stock total, count ordered)."""
+    for sku, (total, _) in lines.items():
+        await put_stock(pool, sku, total)
+    items = [Item(sku, count) for sku, (_, count) in lines.items()]
+    return await service.create_order(pool=pool, user=user, items=items)
+
+
 async def stock_row(pool: asyncpg.Pool, sku: int) -> tuple[int, int]:
     row = await pool.fetchrow("SELECT total, reserved FROM stocks WHERE sku = $1", sku)
     return row["total"], row["reserved"]
@@ -55,9 +63,7 @@ async def test_the_seed_stock_from_the_data_file_is_loaded(pool: asyncpg.Pool) -
 
 
 async def test_create_reserves_all_items_and_publishes_new_then_awaiting_payment(pool: asyncpg.Pool) -> None:
-    await put_stock(pool, 50001, 10)
-    await put_stock(pool, 50002, 5)
-    created = await service.create_order(pool=pool, user=7, items=[Item(50001, 3), Item(50002, 5)])
+    created = await order_on_fresh_stock(pool, 7, {50001: (10, 3), 50002: (5, 5)})
     assert created.status is S.AWAITING_PAYMENT
     assert await stock_row(pool, 50001) == (10, 3)
     assert await stock_row(pool, 50002) == (5, 5)
@@ -69,9 +75,7 @@ async def test_create_reserves_all_items_and_publishes_new_then_awaiting_payment
 
 
 async def test_create_without_enough_stock_fails_with_a_reason_and_reserves_nothing(pool: asyncpg.Pool) -> None:
-    await put_stock(pool, 50011, 10)
-    await put_stock(pool, 50012, 1)
-    created = await service.create_order(pool=pool, user=7, items=[Item(50011, 3), Item(50012, 2)])
+    created = await order_on_fresh_stock(pool, 7, {50011: (10, 3), 50012: (1, 2)})
     assert created.status is S.FAILED
     assert await stock_row(pool, 50011) == (10, 0)
     assert await stock_row(pool, 50012) == (1, 0)
@@ -82,27 +86,29 @@ async def test_create_without_enough_stock_fails_with_a_reason_and_reserves_noth
         await service.pay_order(pool=pool, order_id=created.order_id)
 
 
-async def test_pay_takes_the_reserved_items_out_of_the_warehouse(pool: asyncpg.Pool) -> None:
-    await put_stock(pool, 50021, 10)
-    created = await service.create_order(pool=pool, user=1, items=[Item(50021, 4)])
-    await service.pay_order(pool=pool, order_id=created.order_id)
-    assert await stock_row(pool, 50021) == (6, 0)
-    assert (await service.order_info(pool=pool, order_id=created.order_id)).status is S.PAYED
-    assert [e["status"] for e in await events(pool, created.order_id)] == ["new", "awaiting payment", "payed"]
-
-
-async def test_cancel_releases_the_reservation(pool: asyncpg.Pool) -> None:
-    await put_stock(pool, 50031, 10)
-    created = await service.create_order(pool=pool, user=1, items=[Item(50031, 4)])
-    await service.cancel_order(pool=pool, order_id=created.order_id)
-    assert await stock_row(pool, 50031) == (10, 0)
-    assert (await service.order_info(pool=pool, order_id=created.order_id)).status is S.CANCELLED
-    assert [e["status"] for e in await events(pool, created.order_id)] == ["new", "awaiting payment", "cancelled"]
+@pytest.mark.parametrize(
+    ("transition", "sku", "stock_after", "status"),
+    [
+        pytest.param(service.pay_order, 50021, (6, 0), S.PAYED, id="pay-takes-the-items-out-of-the-warehouse"),
+        pytest.param(service.cancel_order, 50031, (10, 0), S.CANCELLED, id="cancel-releases-the-reservation"),
+    ],
+)
+async def test_pay_takes_the_reserved_items_out_of_the_warehouse_and_cancel_releases_them(
+    pool: asyncpg.Pool,
+    transition: Callable[..., Awaitable[None]],
+    sku: int,
+    stock_after: tuple[int, int],
+    status: OrderStatus,
+) -> None:
+    created = await order_on_fresh_stock(pool, 1, {sku: (10, 4)})
+    await transition(pool=pool, order_id=created.order_id)
+    assert await stock_row(pool, sku) == stock_after
+    assert (await service.order_info(pool=pool, order_id=created.order_id)).status is status
+    assert [e["status"] for e in await events(pool, created.order_id)] == ["new", "awaiting payment", status]
 
 
 async def test_a_refused_transition_changes_nothing_and_publishes_nothing(pool: asyncpg.Pool) -> None:
-    await put_stock(pool, 50041, 10)
-    created = await service.create_order(pool=pool, user=1, items=[Item(50041, 4)])
+    created = await order_on_fresh_stock(pool, 1, {50041: (10, 4)})
     await service.pay_order(pool=pool, order_id=created.order_id)
     with pytest.raises(TransitionNotAllowedError) as caught:
         await service.cancel_order(pool=pool, order_id=created.order_id)

@@ -99,9 +99,9 @@ async def test_kafka_without_a_broker_is_transient() -> None:
     assert classify(caught.value) == Transient("kafka", classify(caught.value).reason)
 
 
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+# Each dependency's real exceptions, as its driver raises them, and the class each must come out as.
+DRIVER_ERRORS: dict[str, list[tuple[BaseException, type[Fault]]]] = {
+    "postgres": [
         (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), Transient),
         (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), Transient),
         (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"), Transient),
@@ -117,23 +117,7 @@ async def test_kafka_without_a_broker_is_transient() -> None:
         (asyncpg.exceptions.InvalidTextRepresentationError("invalid input syntax for type json"), Poison),
         (asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"), Poison),
     ],
-)
-def test_postgres_errors(exc: BaseException, expected: type[Fault]) -> None:
-    fault = classify(exc)
-    assert isinstance(fault, expected)
-    assert fault.dependency == "postgres"
-
-
-def test_a_missing_database_names_the_fix_in_one_line() -> None:
-    fault = classify(asyncpg.exceptions.InvalidCatalogNameError('database "orderly_ingest" does not exist'))
-    assert isinstance(fault, Permanent)
-    assert fault.message == 'database "orderly_ingest" does not exist: run `orderly init`'
-    assert str(PermanentError(fault)) == fault.message
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+    "mysql": [
         (asyncmy.errors.OperationalError(2006, "MySQL server has gone away"), Transient),
         (asyncmy.errors.OperationalError(2013, "Lost connection to MySQL server during query"), Transient),
         (asyncmy.errors.OperationalError(1053, "Server shutdown in progress"), Transient),
@@ -143,32 +127,14 @@ def test_a_missing_database_names_the_fix_in_one_line() -> None:
         (asyncmy.errors.ProgrammingError(1146, "Table 'orderly_sums.sum_total' doesn't exist"), Permanent),
         (asyncmy.errors.DataError(1406, "Data too long for column 'ikey'"), Poison),
     ],
-)
-def test_mysql_errors(exc: BaseException, expected: type[Fault]) -> None:
-    fault = classify(exc)
-    assert isinstance(fault, expected)
-    assert fault.dependency == "mysql"
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+    "redis": [
         (redis.exceptions.ConnectionError("Connection closed by server."), Transient),
         (redis.exceptions.TimeoutError("Timeout reading from socket"), Transient),
         (redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), Transient),
         (redis.exceptions.AuthenticationError("invalid username-password pair"), Permanent),
         (redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), Poison),
     ],
-)
-def test_redis_errors(exc: BaseException, expected: type[Fault]) -> None:
-    fault = classify(exc)
-    assert isinstance(fault, expected)
-    assert fault.dependency == "redis"
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+    "rabbitmq": [
         (aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - broker forced connection closure"), Transient),
         (aiormq.exceptions.ChannelInvalidStateError("No active transport for channel"), Transient),
         (aiormq.exceptions.ChannelClosed(None, None), Transient),
@@ -179,16 +145,7 @@ def test_redis_errors(exc: BaseException, expected: type[Fault]) -> None:
             Permanent,
         ),
     ],
-)
-def test_rabbitmq_errors(exc: BaseException, expected: type[Fault]) -> None:
-    fault = classify(exc)
-    assert isinstance(fault, expected)
-    assert fault.dependency == "rabbitmq"
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+    "nats": [
         (nats.errors.NoServersError(), Transient),
         (nats.errors.ConnectionClosedError(), Transient),
         (nats.errors.ConnectionReconnectingError(), Transient),
@@ -207,16 +164,7 @@ def test_rabbitmq_errors(exc: BaseException, expected: type[Fault]) -> None:
         ),
         (nats.errors.MaxPayloadError(), Poison),
     ],
-)
-def test_nats_errors(exc: BaseException, expected: type[Fault]) -> None:
-    fault = classify(exc)
-    assert isinstance(fault, expected)
-    assert fault.dependency == "nats"
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
+    "clickhouse": [
         (clickhouse_driver.errors.SocketTimeoutError("timed out"), Transient),
         (clickhouse_driver.errors.ServerException("Too many simultaneous queries", code=202), Transient),
         (clickhouse_driver.errors.ServerException("Database orderly_items doesn't exist", code=81), Permanent),
@@ -225,11 +173,26 @@ def test_nats_errors(exc: BaseException, expected: type[Fault]) -> None:
         (clickhouse_driver.errors.ServerException("Memory limit (total) exceeded", code=241), Transient),
         (clickhouse_driver.errors.ServerException("Cannot parse input", code=27), Poison),
     ],
+}
+
+
+@pytest.mark.parametrize(
+    ("dependency", "exc", "expected"),
+    [(dependency, exc, expected) for dependency, cases in DRIVER_ERRORS.items() for exc, expected in cases],
 )
-def test_clickhouse_errors(exc: BaseException, expected: type[Fault]) -> None:
+def test_a_driver_error_comes_out_transient_permanent_or_poison_under_its_dependency(
+    dependency: str, exc: BaseException, expected: type[Fault]
+) -> None:
     fault = classify(exc)
     assert isinstance(fault, expected)
-    assert fault.dependency == "clickhouse"
+    assert fault.dependency == dependency
+
+
+def test_a_missing_database_names_the_fix_in_one_line() -> None:
+    fault = classify(asyncpg.exceptions.InvalidCatalogNameError('database "orderly_ingest" does not exist'))
+    assert isinstance(fault, Permanent)
+    assert fault.message == 'database "orderly_ingest" does not exist: run `orderly init`'
+    assert str(PermanentError(fault)) == fault.message
 
 
 @pytest.mark.parametrize(

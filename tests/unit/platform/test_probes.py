@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -20,11 +21,19 @@ def probes(registry: CollectorRegistry | None = None) -> Probes:
     return Probes(service="test-worker", instance=f"t-{free_port()}", registry=registry or CollectorRegistry())
 
 
+@asynccontextmanager
+async def served(p: Probes, *, client_timeout_s: float = 5) -> AsyncIterator[httpx.AsyncClient]:
+    """The probes served on a free loopback port, and a client that asks that port."""
+    settings = ProbeSettings(port=free_port())
+    base_url = f"http://127.0.0.1:{settings.port}"
+    async with serve_probes(settings, p), httpx.AsyncClient(base_url=base_url, timeout=client_timeout_s) as http:
+        yield http
+
+
 async def test_healthz_names_the_role_and_a_standby_is_ready_and_says_so() -> None:
     p = probes()
     p.check("db", _true)
-    settings = ProbeSettings(port=free_port())
-    async with serve_probes(settings, p), httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}") as http:
+    async with served(p) as http:
         assert (await http.get("/healthz")).json()["role"] == "starting"
         p.set_role("standby")
         health = await http.get("/healthz")
@@ -41,9 +50,8 @@ async def test_readyz_is_503_naming_the_dependency_that_fails_hangs_or_raises() 
     p.check("broker", _false)
     p.check("hangs", _hang)
     p.check("raises", _raise)
-    settings = ProbeSettings(port=free_port())
-    async with serve_probes(settings, p), httpx.AsyncClient(timeout=5) as http:
-        ready = await http.get(f"http://127.0.0.1:{settings.port}/readyz")
+    async with served(p) as http:
+        ready = await http.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"db": True, "broker": False, "hangs": False, "raises": False}
 
@@ -62,10 +70,9 @@ async def test_metrics_refreshes_gauges_before_rendering_and_survives_a_failing_
     p.on_scrape("depth", refresh)
     p.on_scrape("broken", _raise_none)
     p.on_scrape("slow", _hang_none)
-    settings = ProbeSettings(port=free_port())
-    async with serve_probes(settings, p), httpx.AsyncClient(timeout=10) as http:
-        first = await http.get(f"http://127.0.0.1:{settings.port}/metrics")
-        second = await http.get(f"http://127.0.0.1:{settings.port}/metrics")
+    async with served(p, client_timeout_s=10) as http:
+        first = await http.get("/metrics")
+        second = await http.get("/metrics")
     assert first.status_code == second.status_code == 200
     assert first.headers["content-type"].startswith("text/plain")
     assert "t_depth 10.0" in first.text
@@ -75,10 +82,9 @@ async def test_metrics_refreshes_gauges_before_rendering_and_survives_a_failing_
 async def test_a_timed_refresher_runs_without_a_scrape_so_healthz_shows_a_fresh_role() -> None:
     p = probes()
     p.every(0.05, "role", _become_active(p))
-    settings = ProbeSettings(port=free_port())
-    async with serve_probes(settings, p), httpx.AsyncClient() as http:
+    async with served(p) as http:
         for _ in range(100):
-            if (await http.get(f"http://127.0.0.1:{settings.port}/healthz")).json()["role"] == "active":
+            if (await http.get("/healthz")).json()["role"] == "active":
                 break
             await asyncio.sleep(0.02)
     assert p.role == "active"
@@ -86,10 +92,9 @@ async def test_a_timed_refresher_runs_without_a_scrape_so_healthz_shows_a_fresh_
 
 
 async def test_unknown_paths_are_404_and_other_methods_405() -> None:
-    settings = ProbeSettings(port=free_port())
-    async with serve_probes(settings, probes()), httpx.AsyncClient() as http:
-        missing = await http.get(f"http://127.0.0.1:{settings.port}/nope")
-        post = await http.post(f"http://127.0.0.1:{settings.port}/healthz")
+    async with served(probes()) as http:
+        missing = await http.get("/nope")
+        post = await http.post("/healthz")
     assert missing.status_code == 404
     assert "/healthz" in missing.json()["message"]
     assert post.status_code == 405
