@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -576,3 +576,22 @@ def _free_offset() -> int:
             continue
         return offset
     raise RuntimeError("no free port offset for a private `orderly up`")
+
+
+def orderly_dlq(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``orderly dlq …`` as an operator runs it, against the resources ``env`` points at."""
+    return subprocess.run(
+        [sys.executable, "-m", "orderly", "dlq", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=90,
+    )
+
+
+def dead_letters_listed(env: Mapping[str, str], pipeline: str) -> list[dict[str, Any]]:
+    """``orderly dlq list <pipeline> --json``: one dict per parked message."""
+    done = orderly_dlq(env, "list", pipeline, "--json")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]

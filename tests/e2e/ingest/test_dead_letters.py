@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +30,7 @@ from orderly.platform.lifecycle import Shutdown
 from orderly.platform.settings import InfraSettings
 from tests.e2e.ingest.conftest import count_stored, migrate, stored_requests, wait_for_line
 from tests.e2e.ingest.test_stomp import send_raw_frames
-from tests.plumbing import Namespace, Processes, Spawned, free_port, wait_until
+from tests.plumbing import Namespace, Processes, Spawned, dead_letters_listed, free_port, orderly_dlq, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,20 +72,11 @@ async def run_worker_until_empty(settings: InfraSettings) -> None:
 
 
 def dlq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orderly", "dlq", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return orderly_dlq(env, *args)
 
 
 def listed(env: dict[str, str]) -> list[dict[str, Any]]:
-    done = dlq(env, "list", "ingest", "--json")
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return dead_letters_listed(env, "ingest")
 
 
 def start_worker(processes: Processes, env: dict[str, str]) -> tuple[Spawned, int]:

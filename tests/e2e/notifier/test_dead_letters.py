@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
@@ -24,7 +22,7 @@ from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import kafka_config
 from tests.e2e.notifier.test_notifier import ids, make_events
 from tests.loms_support import Loms, notifier_lines, prepare, produce_events
-from tests.plumbing import Namespace, Processes, wait_until
+from tests.plumbing import Namespace, Processes, dead_letters_listed, orderly_dlq, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,20 +55,11 @@ def dead_letters_metric() -> float | None:
 
 
 def dlq(loms: Loms, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orderly", "dlq", *args],
-        env={**os.environ, **loms.env},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=90,
-    )
+    return orderly_dlq(loms.env, *args)
 
 
 def listed(loms: Loms) -> list[dict[str, Any]]:
-    done = dlq(loms, "list", "notifier", "--json")
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return dead_letters_listed(loms.env, "notifier")
 
 
 def waiting(loms: Loms) -> int:

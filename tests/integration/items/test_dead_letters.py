@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -20,7 +18,7 @@ from orderly.items.settings import ItemsSettings
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import clickhouse_client
 from tests.integration.items.support import items_env, migrated
-from tests.plumbing import Namespace, wait_until
+from tests.plumbing import Namespace, dead_letters_listed, orderly_dlq, wait_until
 
 
 def event(priority: int = 1, **changes: Any) -> dict[str, Any]:
@@ -55,20 +53,11 @@ async def publish(settings: ItemsSettings, payload: bytes, msg_id: str) -> bool:
 
 
 def dlq(settings: ItemsSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orderly", "dlq", *args],
-        env={**os.environ, **items_env(settings)},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return orderly_dlq(items_env(settings), *args)
 
 
 def listed(settings: ItemsSettings) -> list[dict[str, Any]]:
-    done = dlq(settings, "list", "items", "--json")
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return dead_letters_listed(items_env(settings), "items")
 
 
 async def dead_letters_metric(settings: ItemsSettings) -> float | None:
