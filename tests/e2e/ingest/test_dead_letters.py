@@ -106,6 +106,14 @@ DEAD = 'orderly_dead_letters{service="ingest"}'
 SKIPPED = "ingest_redeliveries_skipped_total"
 
 
+async def refusing_666(namespace: Namespace, name: str) -> tuple[InfraSettings, dict[str, str]]:
+    """A migrated namespace whose events table refuses the value 666: a request holding it can never be stored."""
+    settings = await namespace.settings(name)
+    env = migrate(settings)
+    await execute(settings, "ALTER TABLE events ADD CONSTRAINT no_666 CHECK (value <> 666)")
+    return settings, env
+
+
 async def execute(settings: InfraSettings, sql: str) -> None:
     conn = await asyncpg.connect(settings.postgres.dsn())
     try:
@@ -117,9 +125,7 @@ async def execute(settings: InfraSettings, sql: str) -> None:
 async def test_a_request_the_database_refuses_is_parked_counted_and_after_the_fix_stored_exactly_once(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("ingestdlq")
-    env = migrate(settings)
-    await execute(settings, "ALTER TABLE events ADD CONSTRAINT no_666 CHECK (value <> 666)")
+    settings, env = await refusing_666(namespace, "ingestdlq")
     first, refused, last = request(1), request(666, 7), request(2)
     await queue(settings, first, refused, last)
 
@@ -183,9 +189,7 @@ async def test_an_unparsable_message_is_parked_and_its_replay_is_refused(namespa
 async def test_stomp_requests_are_parked_in_the_same_place_and_a_replay_goes_back_through_stomp(
     namespace: Namespace, processes: Processes
 ) -> None:
-    settings = await namespace.settings("ingeststompdlq")
-    env = migrate(settings)
-    await execute(settings, "ALTER TABLE events ADD CONSTRAINT no_666 CHECK (value <> 666)")
+    settings, env = await refusing_666(namespace, "ingeststompdlq")
     worker, port = start_worker(processes, env)
     await wait_for_line(worker, "consuming", within=30)  # the worker declares the STOMP entry
     refused, good = str(uuid7()), str(uuid7())
