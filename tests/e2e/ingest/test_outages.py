@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -22,7 +23,7 @@ from tests.e2e.ingest.conftest import (
     wait_for_line,
     wait_stored,
 )
-from tests.plumbing import Namespace, Processes, ScratchStack, wait_until
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +37,32 @@ async def _stored_markers(settings: InfraSettings) -> set[int]:
         await conn.close()
 
 
+@dataclass
+class Line:
+    """An API and a worker (batches of 50) on a migrated namespace whose ``server`` is a scratch copy to break."""
+
+    scratch: ScratchStack
+    settings: InfraSettings
+    env: dict[str, str]
+    port: int
+    worker: Spawned
+
+
+async def line_on_scratch(
+    namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack], server: str, name: str
+) -> Line:
+    scratch = scratch_stack(f"ingest-{server}", server)
+    settings, env = await migrated_settings(namespace, name, scratch=scratch)
+    _, port = start_api(processes, env)
+    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    return Line(scratch, settings, env, port, worker)
+
+
 async def test_rabbitmq_restart_202_comes_out_and_503_does_not(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
-    scratch = scratch_stack("ingest-rabbit", "rabbitmq")
-    settings, env = await migrated_settings(namespace, "rabbitrestart", scratch=scratch)
-    _, port = start_api(processes, env)
-    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    line = await line_on_scratch(namespace, processes, scratch_stack, "rabbitmq", "rabbitrestart")
+    scratch, settings, port, worker = line.scratch, line.settings, line.port, line.worker
 
     stop = asyncio.Event()
     flowing = asyncio.create_task(send_requests(port, clients=10, per_client=1_000_000, stop=stop))
@@ -83,10 +103,8 @@ async def _queue_depth(settings: InfraSettings) -> int:
 async def test_postgres_restart_worker_waits_and_acks_nothing_uncommitted(
     namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
-    scratch = scratch_stack("ingest-pg", "postgres")
-    settings, env = await migrated_settings(namespace, "ingest-pgrestart", scratch=scratch)
-    _, port = start_api(processes, env)
-    worker = processes.start("ingest", "worker", "--batch-size", "50", env=env)
+    line = await line_on_scratch(namespace, processes, scratch_stack, "postgres", "ingest-pgrestart")
+    scratch, settings, env, port, worker = line.scratch, line.settings, line.env, line.port, line.worker
     daemon = processes.start("ingest", "daemon", env=env)
 
     before = await send_requests(port, clients=10, per_client=30)
