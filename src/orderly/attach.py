@@ -7,11 +7,12 @@ drains every process and stops the servers it started.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +80,14 @@ def _await_start(runner: subprocess.Popen[bytes], specs: Sequence[ProcessSpec]) 
             )
         if time.monotonic() > deadline:
             raise SystemNotReadyError(f"not ready after {START_TIMEOUT:.0f} s: {', '.join(late)}")
+
+
+async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.5) -> bool:
+    """Whether ``check`` held before the deadline (checked once more at the end): how `demo` and `drill` wait for
+    what the running system should have done."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every)
+    return await check()

@@ -11,7 +11,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from orderly.attach import SystemNotReadyError, attached
+from orderly.attach import SystemNotReadyError, attached, poll
 from orderly.platform.processes import ProcessSpec
 
 console = Console(highlight=False)
@@ -76,15 +76,6 @@ class OutputFiles:
         return found
 
 
-async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.25) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(every)
-    return False
-
-
 async def ingest_in_acceptance_order(http: httpx.AsyncClient, urls: Urls, out: Path) -> Verdict:
     verdict = Verdict("ingest: 1,000 concurrent requests come out of the daemon in acceptance order")
     files = OutputFiles(out, ["ingest-daemon"])
@@ -116,7 +107,7 @@ async def check_printed_in_order(
         first_seen.update(daemon_first_seen(files))
         return all(token in first_seen for token in timings)
 
-    arrived = await poll(all_out, within=30)
+    arrived = await poll(all_out, within=30, every=0.25)
     verdict.check(arrived, f"{sum(t in first_seen for t in timings)}/{expected} tokens in the daemon's output")
     violations, pairs = order_violations(timings, first_seen)
     verdict.check(violations == 0, f"{violations} order violations over {pairs} happens-before pairs{note}")
@@ -238,7 +229,9 @@ async def items_cache_and_change_log(http: httpx.AsyncClient, urls: Urls) -> Ver
         logs = (await http.get(f"{base}/logs", params={"itemId": item["id"], "limit": 10})).json()
         return len(logs.get("logs", [])) >= 2
 
-    verdict.check(await poll(logged, within=20), "create and update are in /logs (ClickHouse, through NATS)")
+    verdict.check(
+        await poll(logged, within=20, every=0.25), "create and update are in /logs (ClickHouse, through NATS)"
+    )
     return verdict
 
 
@@ -275,7 +268,9 @@ async def loms_events_in_order(http: httpx.AsyncClient, urls: Urls, out: Path) -
             seen.setdefault(record["order_id"], []).append((record["partition"], record["offset"], record["status"]))
         return all(len(seen.get(o, [])) >= len(statuses) for o, statuses in expected.items())
 
-    verdict.check(await poll(delivered, within=30), f"events of {len(seen)}/200 orders printed by the notifiers")
+    verdict.check(
+        await poll(delivered, within=30, every=0.25), f"events of {len(seen)}/200 orders printed by the notifiers"
+    )
     wrong = [o for o, statuses in expected.items() if [s for *_, s in sorted(seen.get(o, []))] != statuses]
     verdict.check(not wrong, f"{len(wrong)} orders with events out of order (expected new → awaiting payment → end)")
     verdict.check(len(instances) == 2, f"notifiers that printed: {sorted(instances)} (2 partitions → 2 active)")

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from orderly.attach import poll
 from orderly.drill.clients import Outcome, Pace, call
-from orderly.drill.pipeline import Pipeline, Tail, Target, Verdict, poll
+from orderly.drill.pipeline import Pipeline, Tail, Target, Verdict
 from orderly.ingest.settings import IngestSettings
 
 SPAN = 10**9  # numbers of one run: marker * SPAN + sequence

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from orderly.attach import poll
 from orderly.drill.clients import Answer, Outcome, Pace, call
-from orderly.drill.pipeline import Pipeline, Target, Verdict, poll
+from orderly.drill.pipeline import Pipeline, Target, Verdict
 from orderly.items.settings import ItemsSettings
 
 CAMPAIGN = 1  # the campaign every migration creates

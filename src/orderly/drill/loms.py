@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
+from orderly.attach import poll
 from orderly.drill.clients import Answer, Outcome, Pace, call
-from orderly.drill.pipeline import Pipeline, Tail, Target, Verdict, kind_of, poll
+from orderly.drill.pipeline import Pipeline, Tail, Target, Verdict, kind_of
 from orderly.loms.domain import OrderStatus
 from orderly.loms.settings import LomsSettings
 from orderly.notifier.settings import NotifierSettings

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,16 +93,6 @@ class Tail:
                 if isinstance(record, dict):
                     found.append(record)
         return found
-
-
-async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.5) -> bool:
-    """Whether ``check`` held before the deadline (checked once more at the end)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(every)
-    return await check()
 
 
 class Pipeline(ABC):
