@@ -595,3 +595,12 @@ def dead_letters_listed(env: Mapping[str, str], pipeline: str) -> list[dict[str,
     done = orderly_dlq(env, "list", pipeline, "--json")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def pg_value(dsn: str, sql: str, *args: Any) -> Any:
+    """The first column of the first row of one query, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()

@@ -19,7 +19,7 @@ import httpx
 from orderly.ingest.client import NotAcceptedError, StompSender
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
-from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, infra_env, wait_until
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, infra_env, pg_value, wait_until
 
 
 def migrate(settings: InfraSettings) -> dict[str, str]:
@@ -214,11 +214,7 @@ async def stored_requests(settings: InfraSettings) -> list[asyncpg.Record]:
 
 
 async def count_stored(settings: InfraSettings) -> int:
-    conn = await asyncpg.connect(settings.postgres.dsn())
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM requests"))
-    finally:
-        await conn.close()
+    return int(await pg_value(settings.postgres.dsn(), "SELECT count(*) FROM requests"))
 
 
 async def wait_stored(settings: InfraSettings, at_least: int, *, within: float, what: str) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import aio_pika
-import asyncpg
 import httpx
 
 from orderly.platform.settings import InfraSettings
 from tests.e2e.ingest.conftest import (
     assert_happens_before_order,
     assert_rows_before_exact,
+    count_stored,
     daemon_events,
     migrate,
     migrated_settings,
@@ -64,11 +64,7 @@ async def test_bad_input_is_rejected_naming_the_parameter_and_nothing_is_queued(
         channel = await connection.channel()
         queue = await channel.declare_queue("ingest.requests", passive=True)
         assert queue.declaration_result.message_count == 0
-    conn = await asyncpg.connect(settings.postgres.dsn())
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM requests") == 0
-    finally:
-        await conn.close()
+    assert await count_stored(settings) == 0
 
 
 async def test_curl_example_prints_two_lines_in_order_also_to_the_log_file(

@@ -14,7 +14,7 @@ from orderly.items.settings import ItemsSettings
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.pools import clickhouse_client
 from tests.integration.items.support import api_client, create, migrated
-from tests.plumbing import Namespace
+from tests.plumbing import Namespace, pg_value
 
 
 @pytest.fixture
@@ -32,11 +32,7 @@ async def stream_messages(settings: ItemsSettings) -> int:
 
 
 async def outbox_rows(settings: ItemsSettings) -> int:
-    conn = await asyncpg.connect(settings.postgres.dsn())
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM items_outbox"))
-    finally:
-        await conn.close()
+    return int(await pg_value(settings.postgres.dsn(), "SELECT count(*) FROM items_outbox"))
 
 
 async def make_changes(client: httpx.AsyncClient) -> int:
