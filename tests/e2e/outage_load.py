@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from tests.plumbing import wait_until
+
 Step = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response | None]]
 
 
@@ -66,15 +68,16 @@ async def run_load(
 
 async def wait_status(url: str, path: str, status: int, *, within: float) -> httpx.Response:
     """Poll ``GET path`` until it answers ``status``; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
+    answered: list[httpx.Response] = []
     async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-        while True:
+
+        async def answers() -> bool:
             try:
                 response = await http.get(path)
-                if response.status_code == status:
-                    return response
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"GET {path} did not answer {status} within {within} s")
-            await asyncio.sleep(0.1)
+                return False
+            answered.append(response)
+            return response.status_code == status
+
+        await wait_until(answers, within=within, what=f"GET {path} answering {status}", interval=0.1)
+    return answered[-1]
