@@ -48,8 +48,8 @@ BENCH_TARGETS := $(sort $(patsubst bench/%.mk,bench-%,$(wildcard bench/*.mk)))
 
 .PHONY: bench-ab
 bench-ab: setup ## A/B in one run: every bench-* target on BASE=<rev> and HEAD=<rev> (default HEAD) → bench/results/ab.md
-	@test -n "$(BASE)" || { echo "usage: make bench-ab BASE=<rev> [HEAD=<rev>] [ONLY=ingest,sums,items,loms]"; exit 2; }
-	$(RUN) python -m bench.ab --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(ONLY),--only "$(ONLY)")
+	@test -n "$(BASE)" || { echo "usage: make bench-ab BASE=<rev> [HEAD=<rev>] [ONLY=ingest,sums,items,loms] [ROUNDS=N]"; exit 2; }
+	$(RUN) python -m bench.ab --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(ONLY),--only "$(ONLY)") $(if $(ROUNDS),--rounds "$(ROUNDS)")
 	$(RUN) python bench/render.py
 
 .PHONY: bench

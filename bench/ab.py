@@ -1,6 +1,6 @@
 """A/B in one run: the same `make bench-<service>` targets on two git revisions, back to back, on one stack.
 
-    python -m bench.ab --base <rev> [--head <rev>] [--only ingest,sums]
+    python -m bench.ab --base <rev> [--head <rev>] [--only ingest,sums] [--rounds N]
 
 Each revision gets a detached worktree with its own environment under ``.stack/ab/`` (never committed). The targets
 run alternately (A then B for one service, B then A for the next) so that drift of a noisy machine does not always
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -107,9 +108,16 @@ def run_target(tree: Path, service: str, stack_dir: str) -> Figures:
     return FIGURES[service](json.loads((tree / "bench" / "results" / f"{service}.json").read_text()))
 
 
-def render(base: str, head: str, results: dict[str, dict[str, Figures]]) -> str:
+def median_of(runs: list[Figures]) -> Figures:
+    """Each figure's median over the rounds (a figure missing from any round is dropped)."""
+    names = set(runs[0]).intersection(*runs[1:])
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0] if name in names}
+
+
+def render(base: str, head: str, results: dict[str, dict[str, Figures]], rounds: int) -> str:
     lines = [
-        f"A = `{base[:12]}`, B = `{head[:12]}`; one run of `python -m bench.ab`, services alternating A/B order.",
+        f"A = `{base[:12]}`, B = `{head[:12]}`; one run of `python -m bench.ab`, services alternating A/B order;"
+        f" {rounds} round(s), medians.",
         f"Measured {datetime.now(UTC).isoformat(timespec='seconds')}; flagged when B < {TOLERANCE:.0%} of A.",
         "",
         "| service | figure | A | B | B / A |",
@@ -132,6 +140,7 @@ def main() -> int:
     parser.add_argument("--base", required=True, help="revision A (e.g. the commit before a change)")
     parser.add_argument("--head", default="HEAD", help="revision B (default: HEAD)")
     parser.add_argument("--only", default=",".join(FIGURES), help="comma-separated services")
+    parser.add_argument("--rounds", type=int, default=1, choices=range(1, 10), help="A/B pairs per service (median)")
     args = parser.parse_args()
     services = [s for s in args.only.split(",") if s]
     unknown = set(services) - set(FIGURES)
@@ -142,16 +151,19 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
     head, b_tree = checkout(args.head)
-    results: dict[str, dict[str, Figures]] = {}
-    for index, service in enumerate(services):
-        order = [("A", a_tree), ("B", b_tree)]
-        if index % 2:
-            order.reverse()
-        results[service] = {side: run_target(tree, service, stack_dir) for side, tree in order}
+    rounds: dict[str, dict[str, list[Figures]]] = {service: {"A": [], "B": []} for service in services}
+    for round_index in range(args.rounds):
+        for index, service in enumerate(services):
+            order = [("A", a_tree), ("B", b_tree)]
+            if (index + round_index) % 2:
+                order.reverse()
+            for side, tree in order:
+                rounds[service][side].append(run_target(tree, service, stack_dir))
+    results = {service: {side: median_of(runs) for side, runs in sides.items()} for service, sides in rounds.items()}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ab.json").write_text(json.dumps({"base": base, "head": head, "results": results}, indent=2) + "\n")
-    table = render(base, head, results)
+    (RESULTS / "ab.json").write_text(json.dumps({"base": base, "head": head, "rounds": rounds, "results": results}, indent=2) + "\n")
+    table = render(base, head, results, args.rounds)
     (RESULTS / "ab.md").write_text(table)
     print(table)
     flagged = [line for line in table.splitlines() if line.endswith("⚠ |")]
