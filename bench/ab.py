@@ -162,7 +162,8 @@ def main() -> int:
     results = {service: {side: median_of(runs) for side, runs in sides.items()} for service, sides in rounds.items()}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ab.json").write_text(json.dumps({"base": base, "head": head, "rounds": rounds, "results": results}, indent=2) + "\n")
+    record = {"base": base, "head": head, "rounds": rounds, "results": results}
+    (RESULTS / "ab.json").write_text(json.dumps(record, indent=2) + "\n")
     table = render(base, head, results, args.rounds)
     (RESULTS / "ab.md").write_text(table)
     print(table)
