@@ -247,12 +247,37 @@ async def asgi_call(
     return sent
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _unclaimed_range() -> tuple[int, int]:
+    """Ports outside the kernel's ephemeral range, which outgoing connections draw their local ports from."""
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    # Below 65000: RabbitMQ's CLI takes the ten ports above its distribution port.
+    return (high + 1, 65_000) if 65_000 - high >= 1000 else (10_000, low)
+
+
 def free_port() -> int:
+    """A port nothing listens on, never handed out twice in a run, and outside the ephemeral range: a port the
+    kernel picks for ``bind(0)`` can be taken by any client's outgoing connection (or be picked again) before the
+    server it was meant for binds it, and a scratch server then fails to start (seen in CI: NATS on Prometheus's port).
+    """
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    start, stop = _unclaimed_range()
+    for _ in range(500):
+        port = random.randrange(start, stop)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {start}-{stop - 1}")
 
 
 class ScratchStack:
