@@ -2,9 +2,11 @@
 
     python -m bench.ab --base <rev> [--head <rev>] [--only ingest,sums] [--rounds N]
 
-Each revision gets a detached worktree with its own environment under ``.stack/ab/`` (never committed). The targets
-run alternately (A then B for one service, B then A for the next) so that drift of a noisy machine does not always
-favour one side. The figures compared are the throughputs and the ratios that docs/benchmarks.md reports; a figure of
+Each revision gets a detached worktree with its own environment under ``.stack/ab/`` (never committed). Both are
+measured by one harness, B's: its ``bench/`` files are copied over A's before the first run, so that a fix to a
+benchmark (or a defect in an old one) cannot pass for a change in the code. The targets run alternately (A then B
+for one service, B then A for the next, swapped each round) so that drift of a noisy machine does not always favour
+one side. The figures compared are the throughputs and the ratios that docs/benchmarks.md reports; a figure of
 B below 95 % of A's is flagged. Results: bench/results/ab.json and bench/results/ab.md (rendered into
 docs/benchmarks.md by ``bench/render.py``).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,12 +99,22 @@ def checkout(rev: str) -> tuple[str, Path]:
     tree = ROOT / ".stack" / "ab" / sha[:12]
     if not (tree / ".git").exists():
         _git("worktree", "add", "--detach", str(tree), sha)
+    else:  # reused: drop a harness copied in by an earlier run (see share_harness)
+        subprocess.run(["git", "checkout", "--force", "--quiet", sha, "--", "bench"], cwd=tree, check=True)
+        subprocess.run(["git", "clean", "-fdq", "--", "bench"], cwd=tree, check=True)
     subprocess.run(["uv", "sync", "--frozen", "--quiet"], cwd=tree, check=True)
     return sha, tree
 
 
+def share_harness(source: Path, target: Path) -> None:
+    """Give ``target`` the benchmark code of ``source`` (scripts, wrk Lua, make fragments; not the results)."""
+    for path in (source / "bench").iterdir():
+        if path.is_file() and path.suffix in {".py", ".lua", ".mk"}:
+            shutil.copy2(path, target / "bench" / path.name)
+
+
 def run_target(tree: Path, service: str, stack_dir: str) -> Figures:
-    env = {**os.environ, "ORDERLY_STACK_DIR": stack_dir}
+    env = {**os.environ, "ORDERLY_STACK_DIR": stack_dir, "BENCH_INGEST_ENTRIES": "0"}
     started = time.monotonic()
     subprocess.run(["make", "--no-print-directory", f"bench-{service}"], cwd=tree, env=env, check=True)
     print(f"ab: bench-{service} in {tree.name} took {time.monotonic() - started:.0f} s", flush=True)
@@ -151,6 +164,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
     head, b_tree = checkout(args.head)
+    share_harness(b_tree, a_tree)
     rounds: dict[str, dict[str, list[Figures]]] = {service: {"A": [], "B": []} for service in services}
     for round_index in range(args.rounds):
         for index, service in enumerate(services):

@@ -13,7 +13,7 @@ random start the counter reaches an old generation with odds of about one in 2**
 from __future__ import annotations
 
 import asyncio
-import secrets
+import random
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -41,8 +41,13 @@ EPOCH_BITS = 62  # room to count up by one per write for ages before INCR's 2**6
 
 
 def random_epoch() -> int:
-    """Where a missing generation counter starts: random, so it never meets a generation used before it was lost."""
-    return secrets.randbits(EPOCH_BITS)
+    """Where a missing generation counter starts: random, so it never meets a generation used before it was lost.
+
+    Every cache read passes one (a hit must stay one round trip), so it comes from the ``random`` module's generator,
+    seeded from the OS and reseeded in each forked worker, not from ``secrets`` (a system call per read: 0.77 µs
+    against 0.06 µs here). Nothing about it is secret; it only has to be unlikely to meet an old generation.
+    """
+    return random.getrandbits(EPOCH_BITS)
 
 
 class ListCache:

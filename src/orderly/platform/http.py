@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from orderly.platform.errors import OutcomeUnknownError, Transient, classify
 from orderly.platform.logging import REQUEST_ID
@@ -156,10 +156,6 @@ def internal_error(path: str, exc: BaseException) -> JSONResponse:
     return error_response(500, "internal_error", "internal error; see the server log")
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    return internal_error(request.url.path, exc)
-
-
 class ErrorAnswers:
     """One API's table of exception type → response: the platform's entries, then the service's (which win).
 
@@ -190,37 +186,9 @@ class ErrorAnswers:
 
         return handle
 
-
-class ErrorMiddleware:
-    """Answers, inside the FastAPI app, an exception that no exception handler took: from the API's ``ErrorAnswers``.
-
-    That is ``internal_error`` (503 for an outage, else 500) for anything not in the table. Starlette's outermost
-    error middleware would answer with its handler and then re-raise the exception to the ``Edge`` and the server,
-    which could not tell an answered 503 from a response that broke off; here the exception stops. One raised after
-    the response started goes on, so that the server drops the connection.
-    """
-
-    def __init__(self, app: ASGIApp, *, errors: ErrorAnswers) -> None:
-        self.app, self.errors = app, errors
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception as exc:
-            if started:
-                raise
-            await self.errors.respond(scope["path"], exc)(scope, receive, send)
+    async def unhandled(self, request: Request, exc: Exception) -> Response:
+        """Starlette's handler of last resort (its outermost error middleware): the table, then ``internal_error``."""
+        return self.respond(request.url.path, exc)
 
 
 def query_params(query_string: bytes) -> dict[str, str]:
@@ -381,21 +349,26 @@ class Edge:
         return answer[0], receive
 
     async def _to_fastapi(self, scope: Scope, receive: Receive, send: Send, request_id: bytes) -> int:
-        status, started = 500, False
+        status, started, finished = 500, False, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, finished
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID_HEADER, request_id)]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            if finished:
+                # Starlette's outermost error middleware answered it from the table (``create_app`` gives it the
+                # table's ``respond``) and re-raises it for the server to log; it is answered and logged already.
+                return status
             if started:
                 raise  # a response broke off after it started: the server must drop the connection
-            # Raised outside the ErrorMiddleware (which answers everything inside FastAPI): the same table answers.
             answer = answer_of(self.errors.respond(scope["path"], exc))
             await _send(send, answer, request_id)
             return answer[0]
@@ -503,8 +476,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     for exc_type, answer in table.answers.items():
         app.add_exception_handler(exc_type, table.handler(answer))
-    app.add_exception_handler(Exception, _unhandled)
-    app.add_middleware(ErrorMiddleware, errors=table)
+    app.add_exception_handler(Exception, table.unhandled)
     return Edge(app, service=service, errors=table, max_body_bytes=max_body_bytes, routes=fast_routes)
 
 
