@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -161,3 +162,40 @@ async def test_aiormq_fails_the_confirmation_of_a_returned_message_by_its_messag
     with pytest.raises(BrokerUnavailableError, match="PublishError"):
         await asyncio.wait_for(publish, 5)
     await connector.close()
+
+
+async def test_a_failed_rabbitmq_connect_writes_only_lines_the_repeated_attempt_filter_knows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # orderly.platform.logging.RECONNECT_ATTEMPT_LINES: matched by logger name and format string.
+    import socket
+
+    import aio_pika
+    import aio_pika.robust_connection
+
+    from orderly.platform.logging import RECONNECT_ATTEMPT_LINES
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with caplog.at_level("WARNING"), pytest.raises(aiormq.exceptions.AMQPConnectionError):
+        await aio_pika.connect_robust(f"amqp://guest:guest@127.0.0.1:{port}/")
+    library = [(r.name, r.msg) for r in caplog.records if r.name.startswith(("aiormq", "aio_pika"))]
+    assert library, "a failed connect wrote no line at all: the filter may be obsolete"
+    assert set(library) <= RECONNECT_ATTEMPT_LINES
+
+    # The robust connection's reconnect lines need a broker that went away; their format strings are in its code.
+    def constants(code: types.CodeType) -> set[str]:
+        found = {c for c in code.co_consts if isinstance(c, str)}
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                found |= constants(c)
+        return found
+
+    robust = set[str]().union(
+        *(constants(f.__code__) for _, f in inspect.getmembers(aio_pika.robust_connection.RobustConnection,
+                                                               inspect.isfunction))
+    )  # fmt: skip
+    for name, line in RECONNECT_ATTEMPT_LINES:
+        if name == "aio_pika.robust_connection":
+            assert line in robust, line

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -16,24 +18,109 @@ from starlette.types import Scope
 
 from orderly.ingest import repository, service
 from orderly.ingest.broker import Publisher, declare_queues
-from orderly.ingest.domain import AcceptedRequest, BrokerUnavailableError, InvalidRequestError, OutcomeUnknownError
+from orderly.ingest.domain import (
+    AcceptedRequest,
+    BrokerNotConnectedError,
+    BrokerUnavailableError,
+    InvalidRequestError,
+    OutcomeUnknownError,
+)
+from orderly.ingest.service import RequestPublisher
 from orderly.ingest.settings import IngestOptions, IngestSettings
+from orderly.platform.errors import Permanent, Transient, classify
 from orderly.platform.http import Answer, Edge, ErrorAnswer, FastRoute, error_body, error_response, json_answer
 from orderly.platform.http import create_app as create_platform_app
+from orderly.platform.lifecycle import Shutdown
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import postgres_pool, rabbitmq_connection
+from orderly.platform.retry import Retry, StoppedError
+from orderly.platform.settings import RabbitMQSettings
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
-@dataclass(frozen=True)
+@dataclass
 class ApiState:
-    publisher: Publisher
+    """What the requests of one API process share. ``publisher`` and ``channel`` are set once the broker answered
+    (see ``broker_link``); until then ``publisher`` refuses every request with 503 and nothing is sent."""
+
+    publisher: RequestPublisher
     pool: asyncpg.Pool
     options: IngestOptions
     channel: Any
+
+
+class NotConnected:
+    """The publisher of an API whose broker has not answered since the process started."""
+
+    async def publish(self, request: AcceptedRequest) -> None:  # noqa: ARG002 - the RequestPublisher protocol
+        raise BrokerNotConnectedError("not connected to rabbitmq yet")
+
+
+@asynccontextmanager
+async def broker_link(state: ApiState, rabbitmq: RabbitMQSettings) -> AsyncIterator[None]:
+    """Connect the API to RabbitMQ (queues declared, a channel with publisher confirms), and keep the connection for
+    the life of the block.
+
+    When the broker is away at start (a transient fault), the process starts anyway: requests are answered 503
+    ``broker_unavailable`` and ``/readyz`` is 503 while a background task connects with backoff (one log line when
+    the broker is found down, one when it is back). A supervisor restarting the API during a broker outage therefore
+    does not see it crash-loop. A permanent fault (credentials refused) still stops the process at start. Once
+    connected, aio-pika's robust connection rides through later broker restarts.
+    """
+    async with contextlib.AsyncExitStack() as kept:
+
+        async def connect() -> None:
+            async with contextlib.AsyncExitStack() as attempt:
+                connection = await attempt.enter_async_context(rabbitmq_connection(rabbitmq))
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await declare_queues(channel, state.options)
+                kept.push_async_callback(attempt.pop_all().aclose)
+            state.channel = channel
+            state.publisher = Publisher(channel, queue=state.options.queue, timeout=state.options.publish_timeout_s)
+
+        stop = Shutdown()
+        retry = Retry(stop, dependency="rabbitmq", cap=BROKER_RETRY_CAP_S, logger=log)
+        try:
+            await connect()
+        except Exception as exc:
+            fault = classify(exc, dependency="rabbitmq")
+            if not isinstance(fault, Transient):
+                raise
+            retry.failed(fault)
+            task = asyncio.create_task(_connect_in_background(connect, retry))
+            kept.push_async_callback(_stopped, task, stop)
+        yield
+
+
+BROKER_RETRY_CAP_S = 5.0
+
+
+async def _connect_in_background(connect: Callable[[], Awaitable[None]], retry: Retry) -> None:
+    refused = ""  # the last refusal logged: a permanent fault is logged when it first shows, not on every attempt
+    with contextlib.suppress(StoppedError):
+        while not await retry.shutdown.sleep(retry.next_delay()):
+            try:
+                await connect()
+            except Exception as exc:
+                fault = classify(exc, dependency="rabbitmq")
+                if isinstance(fault, Transient):
+                    retry.failed(fault)
+                elif fault.reason != refused:
+                    # Nobody to raise to at this point: the API keeps answering 503 and names the fix once.
+                    refused = fault.reason
+                    text = fault.message if isinstance(fault, Permanent) else fault.reason
+                    log.error("rabbitmq refused the API: %s; retrying", text, extra={"error": fault.reason})  # noqa: TRY400 - the fault is the message; no traceback
+                continue
+            retry.ok()
+            return
+
+
+async def _stopped(task: asyncio.Task[None], stop: Shutdown) -> None:
+    stop.request("the API is stopping")
+    await task
 
 
 @router.get(
@@ -145,15 +232,14 @@ def create_app(settings: IngestSettings | None = None) -> Edge:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # The pool opens no connection up front: PostgreSQL is only needed to settle a lost publisher confirm.
-        async with rabbitmq_connection(rabbitmq) as connection, postgres_pool(pg) as pool:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await declare_queues(channel, options)
-            publisher = Publisher(channel, queue=options.queue, timeout=options.publish_timeout_s)
-            yield {"ingest": ApiState(publisher=publisher, pool=pool, options=options, channel=channel)}
+        async with postgres_pool(pg) as pool:
+            state = ApiState(publisher=NotConnected(), pool=pool, options=options, channel=None)
+            async with broker_link(state, rabbitmq):
+                yield {"ingest": state}
 
     async def broker_ready(request: Request) -> bool:
         state: ApiState = request.state.ingest
-        return not state.channel.is_closed
+        return state.channel is not None and not state.channel.is_closed
 
     return create_platform_app(
         service="ingest",

@@ -30,6 +30,10 @@ class BrokerUnavailableError(IngestError):
     """The broker did not confirm the message; the client may retry later (retryable)."""
 
 
+class BrokerNotConnectedError(BrokerUnavailableError):
+    """The API has no channel to the broker (it has not answered since the process started): nothing was sent."""
+
+
 class OutcomeUnknownError(BrokerUnavailableError):
     """The broker did not confirm and the refusal could not be recorded (PostgreSQL unreachable too).
 

@@ -13,6 +13,7 @@ from uuid_utils.compat import uuid7
 
 from orderly.ingest.domain import (
     AcceptedRequest,
+    BrokerNotConnectedError,
     BrokerUnavailableError,
     OutcomeUnknownError,
     StoredBatch,
@@ -39,6 +40,8 @@ async def accept(
     request = AcceptedRequest(token=uuid7(), numbers=numbers, accepted_at=datetime.now(UTC))
     try:
         await publisher.publish(request)
+    except BrokerNotConnectedError:
+        raise  # nothing was sent, so there is no confirm to settle
     except BrokerUnavailableError:
         # The broker may hold the message although its confirm was lost. Decide under the writer's lock: either the
         # worker stored it already (then it is accepted after all) or it is revoked and will never be stored.

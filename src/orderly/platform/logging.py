@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -26,6 +28,40 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# The lines aiormq and aio-pika write on every failed attempt to (re)connect, by their format strings: our own
+# ``Retry`` / ``OutageLog`` already say when RabbitMQ goes away and comes back. Tripwire:
+# tests/unit/test_library_internals.py fails when a failed connect writes a line this filter does not know.
+RECONNECT_ATTEMPT_LINES = frozenset(
+    {
+        ("aiormq.connection", "error when creating transport: %r"),
+        ("aio_pika.robust_connection", 'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.'),
+        ("aio_pika.robust_connection", "Reconnect attempt failed %s due to %s: %s. Retrying after %r seconds."),
+    }
+)
+
+
+class RepeatedAttemptFilter(logging.Filter):
+    """Lets a client library's per-attempt reconnect line through once per outage, not once per attempt.
+
+    A line of ``RECONNECT_ATTEMPT_LINES`` passes only when the same line was last written more than ``quiet_s`` ago
+    (the rule of ``platform.retry.OutageLog``): a broker down for minutes gives one line, not one every 5 s.
+    """
+
+    def __init__(self, *, quiet_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.quiet_s, self._clock = quiet_s, clock
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        if key not in RECONNECT_ATTEMPT_LINES:
+            return True
+        now = self._clock()
+        last = self._last.get(key)
+        self._last[key] = now
+        return last is None or now - last > self.quiet_s
+
+
 def configure_logging(settings: LogSettings, *, process: str) -> None:
     """Configure the root logger once per process; ``process`` names the process in every record."""
     handler = logging.StreamHandler(sys.stderr)
@@ -41,6 +77,7 @@ def configure_logging(settings: LogSettings, *, process: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RepeatedAttemptFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from tests.e2e.ingest.conftest import (
     wait_for_line,
     wait_stored,
 )
-from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, wait_until
+from tests.plumbing import Namespace, Processes, ScratchStack, Spawned, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +154,40 @@ async def test_broker_and_database_both_down_gives_503_outcome_unknown_with_the_
     assert body["error"] == "outcome_unknown"
     assert len(body["token"]) == 36
     await wait_for_line(api, body["token"], within=10)  # and the log names it
+
+
+async def test_api_started_while_rabbitmq_is_down_answers_503_and_serves_once_it_is_back(
+    namespace: Namespace, processes: Processes, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    """A supervisor restarting the API during a broker outage must not see it crash-loop into `failed`."""
+    scratch = scratch_stack("ingest-startdown", "rabbitmq")
+    settings, env = await migrated_settings(namespace, "startdown", scratch=scratch)
+    await asyncio.to_thread(scratch.down, "rabbitmq")
+    port = free_port()
+    api = processes.start("ingest", "api", "--port", str(port), env=env)
+    await wait_for_line(api, "rabbitmq unavailable", within=60)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        refused = await client.get("/ingest?n=1")
+        ready = await client.get("/readyz")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        # broker_unavailable, not outcome_unknown: nothing was sent, so nothing is left to settle in PostgreSQL.
+        assert (refused.json()["error"], refused.json()["dependency"]) == ("broker_unavailable", "rabbitmq")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"rabbitmq": False}
+
+        await asyncio.to_thread(scratch.up, "rabbitmq")
+
+        async def accepted() -> bool:
+            return (await client.get("/ingest?n=2")).status_code == 202
+
+        await wait_until(accepted, within=60, what="the API to accept once RabbitMQ is back")
+        assert (await client.get("/readyz")).status_code == 200
+    await wait_for_line(api, "rabbitmq reachable again", within=10)
+    assert api.proc.poll() is None, "the API exited instead of waiting for the broker"
+    assert sum("rabbitmq unavailable" in line for line in api.errors) == 1, api.errors[-10:]
+    # Only the accepted request is queued (no worker runs here): the refused ones were never sent.
+    async with await aio_pika.connect(settings.rabbitmq.url()) as connection:
+        queue = await (await connection.channel()).declare_queue("ingest.requests", passive=True)
+        assert queue.declaration_result.message_count == 1
