@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncmy
 import asyncpg
@@ -33,6 +33,8 @@ from starlette.types import ASGIApp, Message, Scope
 from orderly.platform.pools import clickhouse_client, kafka_config
 from orderly.platform.settings import InfraSettings
 from orderly.platform.supervisor import Program
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,18 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def eventually(check: Callable[[], T | None], *, within: float, what: str, interval: float = 0.05) -> T:
+    """``wait_until`` for synchronous tests: poll ``check`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        time.sleep(interval)
 
 
 def ensure_stack_up() -> None:
@@ -533,17 +547,21 @@ class RunningSystem:
 
     def wait_until(self, what: str, condition: Callable[[], bool], *, timeout: float) -> float:
         """Poll ``condition`` until it holds; returns the seconds it took. Fails with the stream's tail otherwise."""
-        import time
-
         began = time.monotonic()
-        while True:
+
+        def holds() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"orderly up exited ({self.proc.poll()})")
             with contextlib.suppress(httpx.HTTPError):
-                if condition():
-                    return time.monotonic() - began
-            if self.proc.poll() is not None or time.monotonic() - began > timeout:
-                tail = "\n".join(self.lines[-60:])
-                raise AssertionError(f"{what}: not within {timeout:.0f} s (orderly up exit {self.proc.poll()})\n{tail}")
-            time.sleep(0.05)
+                return condition()
+            return False
+
+        try:
+            eventually(holds, within=timeout, what=what)
+        except AssertionError as exc:
+            tail = "\n".join(self.lines[-60:])
+            raise AssertionError(f"{what}: not within {timeout:.0f} s ({exc})\n{tail}") from None
+        return time.monotonic() - began
 
     def wait_ready(self, *, timeout: float = 600) -> None:
         """Every service process running (an API: answering /healthz) and every API answering /readyz."""

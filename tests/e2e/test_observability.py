@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orderly.platform.processes import SUPERVISOR_PORT
 from orderly.platform.settings import InfraSettings
 from orderly.runner import all_processes
-from tests.plumbing import Namespace, infra_env
+from tests.plumbing import Namespace, eventually, infra_env
 
 UP_LOCK = Path("/tmp/orderly-up.lock")
 T = TypeVar("T")
@@ -50,18 +49,6 @@ def expected_families(name: str) -> set[str]:
         if name.startswith(kind):
             return families
     return FAMILIES["api"]
-
-
-def eventually(check: Callable[[], T | None], *, within: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture

@@ -200,6 +200,9 @@ _MYSQL_PERMANENT = {1044: INIT_FIX, 1045: "credentials", 1049: INIT_FIX, 1146: I
 def _mysql(exc: BaseException, name: str, reason: str) -> Fault | None:
     import asyncmy.errors
 
+    if isinstance(exc, RuntimeError) and "after closing pool" in reason:
+        # The API is stopping and closed its pool under a request still in flight: 503, a client retries elsewhere.
+        return Transient(name, reason)
     if not isinstance(exc, asyncmy.errors.Error):
         return None
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None

@@ -43,11 +43,6 @@ BATCH_SECONDS = Histogram(
 )
 
 
-def set_dead_letters(service: str, count: int) -> None:
-    """The hook every dead-letter place reports through (ingest DLQ, notifier DLQ topic, items dead letters)."""
-    DEAD_LETTERS.labels(service).set(count)
-
-
 class BatchTimer:
     """Observes one batch's size and duration for a service; label children are bound once (cheap per batch).
 

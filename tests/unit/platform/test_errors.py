@@ -76,6 +76,21 @@ async def test_a_refused_mysql_connect_is_transient() -> None:
     assert classify(exc) == Transient("mysql", classify(exc).reason)
 
 
+async def test_a_request_meeting_a_mysql_pool_closed_by_shutdown_is_transient_not_a_bug() -> None:
+    # Seen under load while `orderly sums api` stopped: requests still in flight got 500 and a traceback each.
+    pool = await asyncmy.create_pool(host="127.0.0.1", port=closed_port(), user="u", minsize=0, maxsize=1)
+    pool.close()
+    await pool.wait_closed()
+
+    async def acquire() -> None:
+        async with pool.acquire():
+            pass
+
+    exc = await raised(acquire)
+    assert isinstance(exc, RuntimeError)
+    assert classify(exc) == Transient("mysql", classify(exc).reason)
+
+
 async def test_a_refused_amqp_connect_is_transient() -> None:
     import aio_pika
 

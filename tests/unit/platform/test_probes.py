@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from orderly.platform.metrics import BatchTimer, set_dead_letters
+from orderly.platform.metrics import BatchTimer
 from orderly.platform.probes import ProbePortError, Probes, serve_probes
 from orderly.platform.settings import ProbeSettings
 from tests.plumbing import free_port
@@ -128,11 +128,6 @@ def test_a_batch_is_observed_once_it_succeeds_and_not_when_it_raises() -> None:
     assert REGISTRY.get_sample_value("orderly_batch_size_sum", labels) == 7
     assert REGISTRY.get_sample_value("orderly_batch_size_count", labels) == 1
     assert REGISTRY.get_sample_value("orderly_batch_seconds_count", labels) == 1
-
-
-def test_dead_letters_hook_sets_the_shared_gauge() -> None:
-    set_dead_letters("test-service", 3)
-    assert REGISTRY.get_sample_value("orderly_dead_letters", {"service": "test-service"}) == 3
 
 
 async def _true() -> bool:
