@@ -168,16 +168,13 @@ async def test_a_failed_rabbitmq_connect_writes_only_lines_the_repeated_attempt_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # orderly.platform.logging.RECONNECT_ATTEMPT_LINES: matched by logger name and format string.
-    import socket
-
     import aio_pika
     import aio_pika.robust_connection
 
     from orderly.platform.logging import RECONNECT_ATTEMPT_LINES
+    from tests.plumbing import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with caplog.at_level("WARNING"), pytest.raises(aiormq.exceptions.AMQPConnectionError):
         await aio_pika.connect_robust(f"amqp://guest:guest@127.0.0.1:{port}/")
     library = [(r.name, r.msg) for r in caplog.records if r.name.startswith(("aiormq", "aio_pika"))]

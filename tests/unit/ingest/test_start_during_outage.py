@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from asgi_lifespan import LifespanManager
 
 from orderly.ingest.app import create_app
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import PostgresSettings, RabbitMQSettings
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.plumbing import free_port
 
 
 async def test_ingest_started_with_rabbitmq_down_answers_503_broker_unavailable_and_is_not_ready() -> None:
     # PostgreSQL is down as well: had the refusal gone through the lost-confirm path, it would be outcome_unknown.
-    settings = IngestSettings(
-        rabbitmq=RabbitMQSettings(port=closed_port()), postgres=PostgresSettings(port=closed_port())
-    )
+    settings = IngestSettings(rabbitmq=RabbitMQSettings(port=free_port()), postgres=PostgresSettings(port=free_port()))
     app = create_app(settings)
     async with (
         LifespanManager(app) as manager,

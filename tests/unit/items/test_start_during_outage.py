@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from asgi_lifespan import LifespanManager
 
 from orderly.items.app import create_app
 from orderly.items.settings import ItemsSettings
 from orderly.platform.settings import ClickHouseSettings, PostgresSettings, RedisSettings
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.plumbing import free_port
 
 
 async def test_items_started_with_postgres_down_answers_503_and_is_not_ready() -> None:
     settings = ItemsSettings(
-        postgres=PostgresSettings(port=closed_port()),
-        redis=RedisSettings(port=closed_port()),
-        clickhouse=ClickHouseSettings(port=closed_port()),
+        postgres=PostgresSettings(port=free_port()),
+        redis=RedisSettings(port=free_port()),
+        clickhouse=ClickHouseSettings(port=free_port()),
     )
     app = create_app(settings)
     async with (

@@ -7,7 +7,6 @@ driver's own traceback; the server-side errors are the library's own exception c
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,12 +34,7 @@ from orderly.platform.errors import (
     classify_kafka_error,
     driver_of,
 )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.plumbing import free_port
 
 
 async def raised(attempt: Callable[[], Awaitable[Any]]) -> BaseException:
@@ -52,14 +46,14 @@ async def raised(attempt: Callable[[], Awaitable[Any]]) -> BaseException:
 
 
 async def test_a_refused_postgres_connect_is_transient_and_named_postgres() -> None:
-    exc = await raised(lambda: asyncpg.connect(host="127.0.0.1", port=closed_port(), user="u", database="d"))
+    exc = await raised(lambda: asyncpg.connect(host="127.0.0.1", port=free_port(), user="u", database="d"))
     assert isinstance(exc, ConnectionRefusedError)  # a plain OSError: only the traceback says it was asyncpg
     assert driver_of(exc) == "asyncpg"
     assert classify(exc) == Transient("postgres", classify(exc).reason)
 
 
 async def test_a_refused_redis_connect_is_transient() -> None:
-    client = aioredis.Redis(host="127.0.0.1", port=closed_port())
+    client = aioredis.Redis(host="127.0.0.1", port=free_port())
     try:
         exc = await raised(client.ping)
     finally:
@@ -70,7 +64,7 @@ async def test_a_refused_redis_connect_is_transient() -> None:
 
 
 async def test_a_refused_mysql_connect_is_transient() -> None:
-    exc = await raised(lambda: asyncmy.connect(host="127.0.0.1", port=closed_port(), user="u", connect_timeout=2))
+    exc = await raised(lambda: asyncmy.connect(host="127.0.0.1", port=free_port(), user="u", connect_timeout=2))
     assert isinstance(exc, asyncmy.errors.OperationalError)
     assert exc.args[0] == 2003
     assert classify(exc) == Transient("mysql", classify(exc).reason)
@@ -78,7 +72,7 @@ async def test_a_refused_mysql_connect_is_transient() -> None:
 
 async def test_a_request_meeting_a_mysql_pool_closed_by_shutdown_is_transient_not_a_bug() -> None:
     # Seen under load while `orderly sums api` stopped: requests still in flight got 500 and a traceback each.
-    pool = await asyncmy.create_pool(host="127.0.0.1", port=closed_port(), user="u", minsize=0, maxsize=1)
+    pool = await asyncmy.create_pool(host="127.0.0.1", port=free_port(), user="u", minsize=0, maxsize=1)
     pool.close()
     await pool.wait_closed()
 
@@ -94,20 +88,20 @@ async def test_a_request_meeting_a_mysql_pool_closed_by_shutdown_is_transient_no
 async def test_a_refused_amqp_connect_is_transient() -> None:
     import aio_pika
 
-    exc = await raised(lambda: aio_pika.connect(f"amqp://u:p@127.0.0.1:{closed_port()}/"))
+    exc = await raised(lambda: aio_pika.connect(f"amqp://u:p@127.0.0.1:{free_port()}/"))
     assert isinstance(exc, aiormq.exceptions.AMQPConnectionError)
     assert classify(exc) == Transient("rabbitmq", classify(exc).reason)
 
 
 def test_a_refused_clickhouse_connect_is_transient() -> None:
-    client = ClickHouseClient(host="127.0.0.1", port=closed_port(), connect_timeout=1)
+    client = ClickHouseClient(host="127.0.0.1", port=free_port(), connect_timeout=1)
     with pytest.raises(clickhouse_driver.errors.NetworkError) as caught:
         client.execute("SELECT 1")
     assert classify(caught.value) == Transient("clickhouse", classify(caught.value).reason)
 
 
 async def test_kafka_without_a_broker_is_transient() -> None:
-    producer = Producer({"bootstrap.servers": f"127.0.0.1:{closed_port()}", "log_level": 0})
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
     with pytest.raises(KafkaException) as caught:
         await asyncio.to_thread(producer.list_topics, timeout=1)
     assert caught.value.args[0].code() == KafkaError._TRANSPORT
