@@ -33,7 +33,7 @@ from orderly.platform.http import create_app as create_platform_app
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.logging import configure_logging
 from orderly.platform.pools import postgres_pool, rabbitmq_connection
-from orderly.platform.retry import Retry, StoppedError
+from orderly.platform.retry import Retry
 from orderly.platform.settings import RabbitMQSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class NotConnected:
 
     async def publish(self, request: AcceptedRequest) -> None:  # noqa: ARG002 - the RequestPublisher protocol
         raise BrokerNotConnectedError("not connected to rabbitmq yet")
+
+
+BROKER_RETRY_CAP_S = 5.0  # the longest wait between two attempts to reach a broker that was down at start
 
 
 @asynccontextmanager
@@ -95,32 +98,31 @@ async def broker_link(state: ApiState, rabbitmq: RabbitMQSettings) -> AsyncItera
         yield
 
 
-BROKER_RETRY_CAP_S = 5.0
-
-
 async def _connect_in_background(connect: Callable[[], Awaitable[None]], retry: Retry) -> None:
-    refused = ""  # the last refusal logged: a permanent fault is logged when it first shows, not on every attempt
-    with contextlib.suppress(StoppedError):
-        while not await retry.shutdown.sleep(retry.next_delay()):
-            try:
-                await connect()
-            except Exception as exc:
-                fault = classify(exc, dependency="rabbitmq")
-                if isinstance(fault, Transient):
-                    retry.failed(fault)
-                elif fault.reason != refused:
-                    # Nobody to raise to at this point: the API keeps answering 503 and names the fix once.
-                    refused = fault.reason
-                    text = fault.message if isinstance(fault, Permanent) else fault.reason
-                    log.error("rabbitmq refused the API: %s; retrying", text, extra={"error": fault.reason})  # noqa: TRY400 - the fault is the message; no traceback
-                continue
-            retry.ok()
-            return
+    refused = ""  # the refusal logged last: a permanent fault is logged when it first shows, not on every attempt
+    while not await retry.shutdown.sleep(retry.next_delay()):
+        try:
+            await connect()
+        except Exception as exc:
+            fault = classify(exc, dependency="rabbitmq")
+            if isinstance(fault, Transient):
+                retry.failed(fault)
+            elif fault.reason != refused:
+                # Nobody to raise to any more: the API goes on answering 503, and names the fix once.
+                refused = fault.reason
+                text = fault.message if isinstance(fault, Permanent) else fault.reason
+                log.error("rabbitmq refused the API: %s; retrying", text, extra={"error": fault.reason})  # noqa: TRY400
+            continue
+        retry.ok()
+        return
 
 
 async def _stopped(task: asyncio.Task[None], stop: Shutdown) -> None:
+    """Stop connecting: the wait ends at once, and an attempt under way is cancelled (its connection closed)."""
     stop.request("the API is stopping")
-    await task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @router.get(
