@@ -52,6 +52,12 @@ bench-ab: setup ## A/B in one run: every bench-* target on BASE=<rev> and HEAD=<
 	$(RUN) python -m bench.ab --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(ONLY),--only "$(ONLY)") $(if $(ROUNDS),--rounds "$(ROUNDS)")
 	$(RUN) python bench/render.py
 
+.PHONY: bench-ab-paired
+bench-ab-paired: setup ## paired A/B of the HTTP hot paths: both revisions serving side by side, alternating bursts
+	@test -n "$(BASE)" || { echo "usage: make bench-ab-paired BASE=<rev> [HEAD=<rev>] [PAIRS=N]"; exit 2; }
+	$(RUN) python -m bench.ab_paired --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(PAIRS),--pairs "$(PAIRS)")
+	$(RUN) python bench/render.py
+
 .PHONY: bench
 bench: setup ## run every bench-* target, then render docs/benchmarks.md with one chart per pipeline
 	@for target in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$target || exit 1; done

@@ -139,6 +139,10 @@ def main() -> int:
     ab = RESULTS / "ab.md"
     if ab.exists():
         parts += ["## A/B: two revisions in one run (`make bench-ab`)", "", ab.read_text().strip(), ""]
+    paired = RESULTS / "ab_paired.md"
+    if paired.exists():
+        heading = "## Paired A/B of the HTTP hot paths (`make bench-ab-paired`)"
+        parts += [heading, "", paired.read_text().strip(), ""]
     if not found:
         print("no results yet: run a bench-* target first", file=sys.stderr)
         return 1

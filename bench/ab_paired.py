@@ -1,0 +1,147 @@
+"""Paired A/B of the HTTP hot paths: both revisions' servers up side by side, short wrk bursts alternating A, B, B, A…
+
+    python -m bench.ab_paired --base <rev> [--head <rev>] [--pairs N] [--seconds S]
+
+`make bench-ab` runs the whole bench of one revision, then of the other. On this machine the figures of one and the
+same revision drift by ±30 % and more within minutes (its neighbours' load), far more than the 5 % a change may cost,
+so two such runs minutes apart cannot tell a 5 % change. Here both revisions serve at the same time (the idle one
+costs next to nothing), each burst of A is paired with the burst of B beside it, and a figure is the median over the
+pairs of B / A: drift slower than a few seconds falls out of each ratio.
+
+Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
+- ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
+- ``ingest``: ``GET /ingest`` of the ingest API with one process, publishing to RabbitMQ with confirms.
+
+Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/benchmarks.md by ``bench/render.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.ab import RESULTS, TOLERANCE, checkout, share_harness
+from bench.ingest import cleanup, env_for, prepare, wait_ready, wrk
+from orderly.platform.settings import InfraSettings
+
+PORTS = {"A": 18191, "B": 18192}
+
+
+@contextmanager
+def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+    """``python -m <args>`` from ``tree``'s own environment, until the block ends."""
+    proc = subprocess.Popen(
+        [str(tree / ".venv" / "bin" / "python"), "-m", *args],
+        cwd=tree,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(port)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def paired(urls: dict[str, str], *, pairs: int, seconds: int) -> dict[str, Any]:
+    """``pairs`` bursts of each side, A and B back to back (order swapped every pair); B / A per pair."""
+    rates: dict[str, list[float]] = {"A": [], "B": []}
+    for index in range(pairs):
+        for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
+            result = wrk(urls[side], seconds=seconds, connections=50)
+            if result["non_2xx"]:
+                raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
+            rates[side].append(result["req_per_s"])
+    ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
+    return {
+        "A_req_per_s": rates["A"],
+        "B_req_per_s": rates["B"],
+        "ratios": [round(r, 4) for r in ratios],
+        "median_ratio": statistics.median(ratios),
+    }
+
+
+def measure(
+    trees: dict[str, Path], target: str, settings: InfraSettings, *, pairs: int, seconds: int
+) -> dict[str, Any]:
+    if target == "hello":
+        commands = {side: (["bench.hello_app", "--port", str(port)], {}) for side, port in PORTS.items()}
+        path = "/hello"
+    else:
+        commands = {
+            side: (["orderly", "ingest", "api", "--port", str(port), "--workers", "1"], env_for(settings))
+            for side, port in PORTS.items()
+        }
+        path = "/ingest?n=7&n=-3&n=42"
+    with serving(trees["A"], *commands["A"], PORTS["A"]), serving(trees["B"], *commands["B"], PORTS["B"]):
+        urls = {side: f"http://127.0.0.1:{port}{path}" for side, port in PORTS.items()}
+        return paired(urls, pairs=pairs, seconds=seconds)
+
+
+def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int) -> str:
+    lines = [
+        f"A = `{base[:12]}`, B = `{head[:12]}`; one run of `python -m bench.ab_paired`: both servers up, {pairs} pairs"
+        f" of {seconds} s wrk bursts (A, B / B, A alternating); B / A is the median of the per-pair ratios.",
+        f"Measured {datetime.now(UTC).isoformat(timespec='seconds')}; flagged when B < {TOLERANCE:.0%} of A.",
+        "",
+        "| target | A req/s (median) | B req/s (median) | B / A, median of pairs | pairs' range |",
+        "|---|---:|---:|---:|---|",
+    ]
+    names = {"hello": "hello-world, platform HTTP stack", "ingest": "ingest `GET /ingest`, 1 process"}
+    for target, r in results.items():
+        flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
+        a, b = statistics.median(r["A_req_per_s"]), statistics.median(r["B_req_per_s"])
+        spread = f"{min(r['ratios']):.2f} to {max(r['ratios']):.2f}"
+        lines.append(f"| {names[target]} | {a:,.0f} | {b:,.0f} | {r['median_ratio']:.3f}{flag} | {spread} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="revision A")
+    parser.add_argument("--head", default="HEAD", help="revision B (default: HEAD)")
+    parser.add_argument("--pairs", type=int, default=12, choices=range(2, 101), help="bursts per side and target")
+    parser.add_argument("--seconds", type=int, default=3, choices=range(1, 61), help="length of one burst")
+    args = parser.parse_args()
+
+    subprocess.run([sys.executable, "-m", "orderly", "stack", "up", "postgres", "rabbitmq"], check=True)
+    base, a_tree = checkout(args.base)
+    head, b_tree = checkout(args.head)
+    share_harness(b_tree, a_tree)
+    trees = {"A": a_tree, "B": b_tree}
+    infra = InfraSettings()
+    settings = asyncio.run(prepare(infra))
+    try:
+        results = {
+            target: measure(trees, target, settings, pairs=args.pairs, seconds=args.seconds)
+            for target in ("hello", "ingest")
+        }
+    finally:
+        asyncio.run(cleanup(infra))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"base": base, "head": head, "pairs": args.pairs, "seconds": args.seconds, "results": results}
+    (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = render(base, head, results, pairs=args.pairs, seconds=args.seconds)
+    (RESULTS / "ab_paired.md").write_text(table)
+    print(table)
+    return 1 if "⚠" in table else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
