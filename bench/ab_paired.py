@@ -10,7 +10,9 @@ pairs of B / A: drift slower than a few seconds falls out of each ratio.
 
 Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
-- ``ingest``: ``GET /ingest`` of the ingest API with one process, publishing to RabbitMQ with confirms.
+- ``ingest``: ``GET /ingest`` of the ingest API with one process, publishing to RabbitMQ with confirms;
+- ``items-cached`` and ``items-writes``: the items API's cached ``GET /items/list`` and the bench's write mix (one in
+  five a create, the rest updates), both APIs on one database and cache, no relay or audit running.
 
 Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/benchmarks.md by ``bench/render.py``).
 """
@@ -19,19 +21,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bench import ingest as ingest_bench
+from bench import items as items_bench
 from bench.ab import RESULTS, TOLERANCE, checkout, share_harness
-from bench.ingest import cleanup, env_for, prepare, wait_ready, wrk
+from bench.ingest import wait_ready, wrk
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
@@ -59,12 +68,12 @@ def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iter
             proc.wait()
 
 
-def paired(urls: dict[str, str], *, pairs: int, seconds: int) -> dict[str, Any]:
+def paired(urls: dict[str, str], *, pairs: int, seconds: int, script: str | None = None) -> dict[str, Any]:
     """``pairs`` bursts of each side, A and B back to back (order swapped every pair); B / A per pair."""
     rates: dict[str, list[float]] = {"A": [], "B": []}
     for index in range(pairs):
         for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
-            result = wrk(urls[side], seconds=seconds, connections=50)
+            result = wrk(urls[side], seconds=seconds, connections=50, script=script)
             if result["non_2xx"]:
                 raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
             rates[side].append(result["req_per_s"])
@@ -77,21 +86,52 @@ def paired(urls: dict[str, str], *, pairs: int, seconds: int) -> dict[str, Any]:
     }
 
 
-def measure(
-    trees: dict[str, Path], target: str, settings: InfraSettings, *, pairs: int, seconds: int
-) -> dict[str, Any]:
-    if target == "hello":
-        commands = {side: (["bench.hello_app", "--port", str(port)], {}) for side, port in PORTS.items()}
-        path = "/hello"
-    else:
-        commands = {
-            side: (["orderly", "ingest", "api", "--port", str(port), "--workers", "1"], env_for(settings))
-            for side, port in PORTS.items()
-        }
-        path = "/ingest?n=7&n=-3&n=42"
-    with serving(trees["A"], *commands["A"], PORTS["A"]), serving(trees["B"], *commands["B"], PORTS["B"]):
-        urls = {side: f"http://127.0.0.1:{port}{path}" for side, port in PORTS.items()}
-        return paired(urls, pairs=pairs, seconds=seconds)
+def both(trees: dict[str, Path], args: list[str], env: dict[str, str]) -> contextlib.ExitStack:
+    """A's and B's server of ``args`` (``{port}`` filled in per side), both ready."""
+    stack = contextlib.ExitStack()
+    for side, port in PORTS.items():
+        stack.enter_context(serving(trees[side], [a.format(port=port) for a in args], env, port))
+    return stack
+
+
+def urls(path: str) -> dict[str, str]:
+    return {side: f"http://127.0.0.1:{port}{path}" for side, port in PORTS.items()}
+
+
+def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, Any]:
+    with both(trees, ["bench.hello_app", "--port", "{port}"], {}):
+        return paired(urls("/hello"), pairs=pairs, seconds=seconds)
+
+
+def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, Any]:
+    infra = InfraSettings()
+    settings = asyncio.run(ingest_bench.prepare(infra))
+    try:
+        args = ["orderly", "ingest", "api", "--port", "{port}", "--workers", "1"]
+        with both(trees, args, ingest_bench.env_for(settings)):
+            return paired(urls("/ingest?n=7&n=-3&n=42"), pairs=pairs, seconds=seconds)
+    finally:
+        asyncio.run(ingest_bench.cleanup(infra))
+
+
+def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, dict[str, Any]]:
+    """Both APIs on one database and one cache (the schema is the same); no relay or audit runs meanwhile."""
+    settings = items_bench.bench_settings(secrets.token_hex(3))
+    asyncio.run(items_bench.migrate(settings))
+    try:
+        with both(trees, ["orderly", "items", "api", "--port", "{port}"], items_bench.env_for(settings)):
+            asyncio.run(items_bench.seed(urls("")["B"]))
+            for url in urls("/items/list").values():
+                httpx.get(url).raise_for_status()  # warm each side's cache entry
+            with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+                script.write(items_bench.WRITE_LUA)
+                script.flush()
+                return {
+                    "items-cached": paired(urls("/items/list"), pairs=pairs, seconds=seconds),
+                    "items-writes": paired(urls("/"), pairs=pairs, seconds=seconds, script=script.name),
+                }
+    finally:
+        asyncio.run(items_bench.drop(settings))
 
 
 def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int) -> str:
@@ -103,7 +143,12 @@ def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: i
         "| target | A req/s (median) | B req/s (median) | B / A, median of pairs | pairs' range |",
         "|---|---:|---:|---:|---|",
     ]
-    names = {"hello": "hello-world, platform HTTP stack", "ingest": "ingest `GET /ingest`, 1 process"}
+    names = {
+        "hello": "hello-world, platform HTTP stack",
+        "ingest": "ingest `GET /ingest`, 1 process",
+        "items-cached": "items `GET /items/list`, cached page",
+        "items-writes": "items writes (20 % create, 80 % update)",
+    }
     for target, r in results.items():
         flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
         a, b = statistics.median(r["A_req_per_s"]), statistics.median(r["B_req_per_s"])
@@ -120,20 +165,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3, choices=range(1, 61), help="length of one burst")
     args = parser.parse_args()
 
-    subprocess.run([sys.executable, "-m", "orderly", "stack", "up", "postgres", "rabbitmq"], check=True)
+    subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
     head, b_tree = checkout(args.head)
     share_harness(b_tree, a_tree)
     trees = {"A": a_tree, "B": b_tree}
-    infra = InfraSettings()
-    settings = asyncio.run(prepare(infra))
-    try:
-        results = {
-            target: measure(trees, target, settings, pairs=args.pairs, seconds=args.seconds)
-            for target in ("hello", "ingest")
-        }
-    finally:
-        asyncio.run(cleanup(infra))
+    pairs, seconds = args.pairs, args.seconds
+    results = {
+        "hello": measure_hello(trees, pairs=pairs, seconds=seconds),
+        "ingest": measure_ingest(trees, pairs=pairs, seconds=seconds),
+        **measure_items(trees, pairs=pairs, seconds=seconds),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "head": head, "pairs": args.pairs, "seconds": args.seconds, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
