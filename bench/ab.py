@@ -148,10 +148,16 @@ def render(base: str, head: str, results: dict[str, dict[str, Figures]], rounds:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def revisions_parser(description: str | None) -> argparse.ArgumentParser:
+    """The command line of an A/B tool: ``--base`` (A) and ``--head`` (B); the tool adds its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="revision A (e.g. the commit before a change)")
     parser.add_argument("--head", default="HEAD", help="revision B (default: HEAD)")
+    return parser
+
+
+def main() -> int:
+    parser = revisions_parser(__doc__)
     parser.add_argument("--only", default=",".join(FIGURES), help="comma-separated services")
     parser.add_argument("--rounds", type=int, default=1, choices=range(1, 10), help="A/B pairs per service (median)")
     args = parser.parse_args()

@@ -19,7 +19,6 @@ Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/bench
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -39,7 +38,7 @@ import httpx
 
 from bench import ingest as ingest_bench
 from bench import items as items_bench
-from bench.ab import RESULTS, TOLERANCE, checkout, share_harness
+from bench.ab import RESULTS, TOLERANCE, checkout, revisions_parser, share_harness
 from bench.ingest import wait_ready, wrk
 from orderly.platform.settings import InfraSettings
 
@@ -158,11 +157,9 @@ def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="revision A")
-    parser.add_argument("--head", default="HEAD", help="revision B (default: HEAD)")
-    parser.add_argument("--pairs", type=int, default=12, choices=range(2, 101), help="bursts per side and target")
-    parser.add_argument("--seconds", type=int, default=3, choices=range(1, 61), help="length of one burst")
+    parser = revisions_parser(__doc__)
+    parser.add_argument("--pairs", type=int, default=12, choices=range(2, 101), metavar="N", help="bursts per side and target (2-100)")
+    parser.add_argument("--seconds", type=int, default=3, choices=range(1, 61), metavar="S", help="seconds of one burst (1-60)")
     args = parser.parse_args()
 
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
