@@ -158,8 +158,12 @@ def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: i
 
 def main() -> int:
     parser = revisions_parser(__doc__)
-    parser.add_argument("--pairs", type=int, default=12, choices=range(2, 101), metavar="N", help="bursts per side and target (2-100)")
-    parser.add_argument("--seconds", type=int, default=3, choices=range(1, 61), metavar="S", help="seconds of one burst (1-60)")
+    parser.add_argument(
+        "--pairs", type=int, default=12, choices=range(2, 101), metavar="N", help="bursts per side and target (2-100)"
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=3, choices=range(1, 61), metavar="S", help="seconds of one burst (1-60)"
+    )
     args = parser.parse_args()
 
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
