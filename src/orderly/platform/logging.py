@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -40,26 +40,40 @@ RECONNECT_ATTEMPT_LINES = frozenset(
 )
 
 
-class RepeatedAttemptFilter(logging.Filter):
-    """Lets a client library's per-attempt reconnect line through once per outage, not once per attempt.
+class RepeatFilter(logging.Filter):
+    """Lets a client library's repeated line through once per quiet spell, not once per attempt.
 
-    A line of ``RECONNECT_ATTEMPT_LINES`` passes only when the same line was last written more than ``quiet_s`` ago
-    (the rule of ``platform.retry.OutageLog``): a broker down for minutes gives one line, not one every 5 s.
+    ``key`` names the kind of a record (None: not one this filter judges, it passes). A record passes only when its
+    kind was last seen more than ``quiet_s`` ago (the rule of ``platform.retry.OutageLog``): a server down for minutes
+    gives one such line, not one per reconnect attempt. Used for aiormq / aio-pika (``reconnect_attempt``) and for
+    librdkafka (``platform.pools``).
     """
 
-    def __init__(self, *, quiet_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        key: Callable[[logging.LogRecord], Hashable | None],
+        *,
+        quiet_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
-        self.quiet_s, self._clock = quiet_s, clock
-        self._last: dict[tuple[str, object], float] = {}
+        self.key, self.quiet_s, self._clock = key, quiet_s, clock
+        self._last: dict[Hashable, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.msg)
-        if key not in RECONNECT_ATTEMPT_LINES:
+        kind = self.key(record)
+        if kind is None:
             return True
         now = self._clock()
-        last = self._last.get(key)
-        self._last[key] = now
+        last = self._last.get(kind)
+        self._last[kind] = now
         return last is None or now - last > self.quiet_s
+
+
+def reconnect_attempt(record: logging.LogRecord) -> Hashable | None:
+    """The kind of an aiormq / aio-pika per-attempt reconnect line (``RECONNECT_ATTEMPT_LINES``); None for others."""
+    kind = (record.name, record.msg)
+    return kind if kind in RECONNECT_ATTEMPT_LINES else None
 
 
 def configure_logging(settings: LogSettings, *, process: str) -> None:
@@ -77,7 +91,7 @@ def configure_logging(settings: LogSettings, *, process: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(RepeatedAttemptFilter())
+    handler.addFilter(RepeatFilter(reconnect_attempt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -6,7 +6,6 @@ Only composition roots and test fixtures call these; services receive the opened
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
 from orderly.platform.errors import Transient, classify
+from orderly.platform.logging import RepeatFilter
 from orderly.platform.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -147,26 +147,17 @@ def clickhouse_client(settings: ClickHouseSettings, *, database: str | None = No
 KAFKA_LOG_QUIET_S = 30.0
 
 
-class _OncePerOutage(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        # confluent-kafka logs ("%s [%s] %s", facility, client name, text). One kind of line is its facility, across
-        # clients: the loms relay starts a fresh producer after every failed batch.
-        args = record.args if isinstance(record.args, tuple) else ()
-        key = str(args[0]) if args else str(record.msg)
-        now = time.monotonic()
-        last = self._last.get(key)
-        self._last[key] = now
-        return last is None or now - last > KAFKA_LOG_QUIET_S
+def _kafka_line_kind(record: logging.LogRecord) -> str | None:
+    """A librdkafka warning's kind: its facility, across clients (the loms relay starts a fresh producer after every
+    failed batch). confluent-kafka logs ``("%s [%s] %s", facility, client name, text)``."""
+    if record.levelno < logging.WARNING:
+        return None
+    args = record.args if isinstance(record.args, tuple) else ()
+    return str(args[0]) if args else str(record.msg)
 
 
 librdkafka_log = logging.getLogger("librdkafka")
-librdkafka_log.addFilter(_OncePerOutage())
+librdkafka_log.addFilter(RepeatFilter(_kafka_line_kind, quiet_s=KAFKA_LOG_QUIET_S))
 
 
 def kafka_config(settings: KafkaSettings, **overrides: Any) -> Mapping[str, Any]:
