@@ -87,10 +87,10 @@ def paired(urls: dict[str, str], *, pairs: int, seconds: int, script: str | None
 
 def both(trees: dict[str, Path], args: list[str], env: dict[str, str]) -> contextlib.ExitStack:
     """A's and B's server of ``args`` (``{port}`` filled in per side), both ready."""
-    stack = contextlib.ExitStack()
-    for side, port in PORTS.items():
-        stack.enter_context(serving(trees[side], [a.format(port=port) for a in args], env, port))
-    return stack
+    with contextlib.ExitStack() as stack:  # A's server is stopped again if B's does not come up
+        for side, port in PORTS.items():
+            stack.enter_context(serving(trees[side], [a.format(port=port) for a in args], env, port))
+        return stack.pop_all()
 
 
 def urls(path: str) -> dict[str, str]:
