@@ -117,8 +117,11 @@ def test_with_orderly_up_every_process_is_healthy_serves_its_metrics_and_prometh
         def all_healthy() -> dict[str, Any] | None:
             assert up.poll() is None, _first_failure(tmp_path / "up.log")
             document = status_json()
+            # The supervisor marks a process running after its own probe answered, a moment after /healthz first
+            # answers here: wait for both, or the state check below races the supervisor (seen in CI).
+            running = not document["supervisor"] or all(p["state"] == "running" for p in document["processes"])
             healthy = all(p["health"] == "ok" for p in document["processes"])
-            return document if healthy else None
+            return document if healthy and running else None
 
         document = eventually(all_healthy, within=300, what="every process of `orderly up` to answer /healthz")
         assert [p["name"] for p in document["processes"]] == names
