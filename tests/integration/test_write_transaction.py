@@ -7,7 +7,7 @@ import pytest
 
 from orderly.platform.errors import OutcomeUnknownError, Transient, classify
 from orderly.platform.settings import InfraSettings
-from orderly.platform.transactions import write_transaction
+from orderly.platform.transactions import WriteTransaction
 
 
 async def _terminate(infra: InfraSettings, pid: int) -> None:
@@ -19,7 +19,7 @@ async def _terminate(infra: InfraSettings, pid: int) -> None:
 
 
 async def _write(infra: InfraSettings, conn: asyncpg.Connection, *, lost_before_the_last_statement: bool) -> None:
-    async with write_transaction(conn):
+    async with WriteTransaction(conn):
         if lost_before_the_last_statement:
             await _terminate(infra, conn.get_server_pid())
         await conn.execute("SELECT 1")

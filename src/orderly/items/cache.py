@@ -57,6 +57,9 @@ class ListCache:
         self._redis = redis
         self._gen_key = f"{prefix}list:gen"
         self._page_prefix = f"{prefix}list:page:"
+        # The scripts' keys and arguments go as bytes: redis-py passes bytes through, while each str or int costs it
+        # a chain of type checks and an encode (a tenth of the Python calls of a write's invalidation).
+        self._gen_key_bytes, self._page_prefix_bytes = self._gen_key.encode(), self._page_prefix.encode()
         self._ttl = ttl_seconds
         self._read: Any = redis.register_script(_READ)
         self._bump: Any = redis.register_script(_BUMP)
@@ -67,7 +70,8 @@ class ListCache:
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
         gen, body = await self._read(
-            keys=[self._gen_key], args=[self._page_prefix, f":{limit}:{offset}", random_epoch()]
+            keys=[self._gen_key_bytes],
+            args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
         )
         return int(gen), body
 
@@ -76,7 +80,7 @@ class ListCache:
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        return int(await self._bump(keys=[self._gen_key], args=[random_epoch()]))
+        return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
 
 
 class SingleFlight(Generic[V]):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -29,7 +28,7 @@ from orderly.items.domain import (
 from orderly.items.settings import LIST_MAX_OFFSET
 from orderly.platform.errors import OutcomeUnknownError
 from orderly.platform.retry import OutageLog
-from orderly.platform.transactions import write_transaction
+from orderly.platform.transactions import WriteTransaction
 
 log = logging.getLogger(__name__)
 _outages = OutageLog(logger=log)  # a Redis outage is one log line, not one per list request
@@ -39,20 +38,13 @@ AfterLoad = Callable[[], Awaitable[None]]
 
 
 async def _invalidate(cache: ListCache) -> None:
-    """Bump the list generation after a commit. If Redis fails here the change is committed but cached pages may
-    still show the old list: the caller is told the outcome is not known rather than that nothing happened."""
+    """Bump the list generation after a write's commit (each write calls it after its transaction's block, which a
+    rollback never gets past). If Redis fails here the change is committed but cached pages may still show the old
+    list: the caller is told the outcome is not known rather than that nothing happened."""
     try:
         await cache.invalidate()
     except RedisError as exc:
         raise OutcomeUnknownError("redis") from exc
-
-
-@asynccontextmanager
-async def _write(pool: asyncpg.Pool, cache: ListCache) -> AsyncIterator[asyncpg.Connection]:
-    """A write use case's transaction; once it has committed (never after a rollback), the list cache is invalidated."""
-    async with pool.acquire() as conn, write_transaction(conn):
-        yield conn
-    await _invalidate(cache)
 
 
 async def _lock_item(conn: asyncpg.Connection, *, item_id: int, campaign_id: int) -> Item:
@@ -73,12 +65,13 @@ async def create_item(
 ) -> Item:
     """Insert an item at the end of the priority order (max + 1, serialised by an advisory lock)."""
     name, description = clean_name(name), clean_description(description)
-    async with _write(pool, cache) as conn:
+    async with pool.acquire() as conn, WriteTransaction(conn):
         if not await repo.campaign_exists(conn, campaign_id):
             raise CampaignNotFoundError(campaign_id)
         await repo.lock_priorities(conn)
         item = await repo.insert_item(conn, campaign_id=campaign_id, name=name, description=description)
         await repo.add_events(conn, _events("created", [item]))
+    await _invalidate(cache)
     return item
 
 
@@ -96,7 +89,7 @@ async def update_item(
 
     ``keep_description`` leaves the stored description as it is (the request did not mention it).
     """
-    async with _write(pool, cache) as conn:
+    async with pool.acquire() as conn, WriteTransaction(conn):
         current = await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         item = replace(
             current,
@@ -104,15 +97,17 @@ async def update_item(
             description=current.description if keep_description else clean_description(description),
         )
         await repo.save_edit(conn, item, _events("updated", [item]))
+    await _invalidate(cache)
     return item
 
 
 async def remove_item(*, pool: asyncpg.Pool, cache: ListCache, item_id: int, campaign_id: int) -> Item:
     """Soft-delete: the row stays, flagged removed; a second remove finds nothing to remove."""
-    async with _write(pool, cache) as conn:
+    async with pool.acquire() as conn, WriteTransaction(conn):
         await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
         item = await repo.mark_removed(conn, item_id=item_id)
         await repo.add_events(conn, _events("removed", [item]))
+    await _invalidate(cache)
     return item
 
 
@@ -127,7 +122,7 @@ async def reprioritize_item(
     each in /logs) stays bounded.
     """
     new_priority = check_priority(new_priority)
-    async with _write(pool, cache) as conn:
+    async with pool.acquire() as conn, WriteTransaction(conn):
         # Same order as create (priority lock, then row lock) so the two can never deadlock.
         await repo.lock_priorities(conn)
         await _lock_item(conn, item_id=item_id, campaign_id=campaign_id)
@@ -138,6 +133,7 @@ async def reprioritize_item(
             )
         changed = await repo.move_items(conn, item_id=item_id, new_priority=new_priority, shifted=shifted)
         await repo.add_events(conn, _events("reprioritized", changed))
+    await _invalidate(cache)
     return changed
 
 

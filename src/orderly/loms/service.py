@@ -19,7 +19,7 @@ from orderly.loms.domain import (
     order_event,
     shortage,
 )
-from orderly.platform.transactions import write_transaction
+from orderly.platform.transactions import WriteTransaction
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Created:
 async def create_order(*, pool: asyncpg.Pool, user: int, items: Sequence[Item]) -> Created:
     """Create the order as ``new`` and reserve all its items at once: ``awaiting payment``, or ``failed`` with why."""
     lines = merge_items(items)
-    async with pool.acquire() as conn, write_transaction(conn):
+    async with pool.acquire() as conn, WriteTransaction(conn):
         order_id = await repo.insert_order(conn, user=user, items=lines)
         order = Order(order_id, user, OrderStatus.NEW, lines)
         events = [order_event(order, OrderStatus.NEW)]
@@ -51,7 +51,7 @@ async def create_order(*, pool: asyncpg.Pool, user: int, items: Sequence[Item]) 
 
 async def pay_order(*, pool: asyncpg.Pool, order_id: int) -> None:
     """``awaiting payment`` → ``payed``: the reserved items leave the warehouse."""
-    async with pool.acquire() as conn, write_transaction(conn):
+    async with pool.acquire() as conn, WriteTransaction(conn):
         order = await _locked(conn, order_id)
         check_transition(order, OrderStatus.PAYED)
         await repo.lock_stocks(conn, [i.sku for i in order.items])
@@ -62,7 +62,7 @@ async def pay_order(*, pool: asyncpg.Pool, order_id: int) -> None:
 
 async def cancel_order(*, pool: asyncpg.Pool, order_id: int) -> None:
     """``new`` or ``awaiting payment`` → ``cancelled``: a held reservation is released."""
-    async with pool.acquire() as conn, write_transaction(conn):
+    async with pool.acquire() as conn, WriteTransaction(conn):
         order = await _locked(conn, order_id)
         check_transition(order, OrderStatus.CANCELLED)
         if order.status is OrderStatus.AWAITING_PAYMENT:
