@@ -366,12 +366,16 @@ class ScratchStack:
         """kill -9 the server's main process, as a crash would."""
         import signal
 
+        self.signal(server, signal.SIGKILL)
+
+    def signal(self, server: str, sig: int) -> None:
+        """Send ``sig`` to the server's main process (SIGSTOP: a server that hangs with its sockets open)."""
         from orderly.stack.manager import Stack
 
         [srv] = Stack(root=self.root, settings=self.settings).servers([server])
         pid = srv.pid()
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
 
     def remove(self) -> None:
         import shutil

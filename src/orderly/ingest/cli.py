@@ -25,11 +25,12 @@ def _settings(**ingest: object) -> IngestSettings:
 def migrate() -> None:
     """Create the database when missing and apply the ingest migrations (idempotent)."""
     from orderly.ingest import repository
+    from orderly.platform.lifecycle import run_oneshot
     from orderly.platform.logging import configure_logging
 
     settings = IngestSettings()
     configure_logging(settings.log, process="ingest-migrate")
-    applied = asyncio.run(repository.migrate(settings.postgres))
+    applied = run_oneshot(lambda: asyncio.run(repository.migrate(settings.postgres)))
     typer.echo(f"ingest migrations applied: {applied or 'none pending'}", err=True)
 
 

@@ -8,6 +8,12 @@ A generation that is missing (Redis restarted or was flushed) starts again from 
 a reader still in flight across the restart stores its old page under the generation it saw before, and a counter
 restarting from 0 would count back up to that number after a few writes and serve the old page as current. From a
 random start the counter reaches an old generation with odds of about one in 2**62.
+
+Every call has a deadline (``timeout_s``, the API's ``items.cache_timeout_seconds``): a Redis that stops answering
+(paused, partitioned) costs a list request that long before it reads PostgreSQL, and a write answers
+``outcome_unknown``. The deadline is this adapter's, not redis-py's ``socket_timeout``: redis-py wraps every command's
+send in ``asyncio.wait_for``, a new task per command, which cost a quarter of the CPU of a cached list request in
+process (p10 176 µs against 131 µs without it, see docs/benchmarks.md), so the API's client runs without one.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 V = TypeVar("V")
 
@@ -53,8 +60,9 @@ def random_epoch() -> int:
 class ListCache:
     """Pages of the item list, keyed by (generation, limit, offset), each living ``ttl_seconds``."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int, timeout_s: float = 1.0) -> None:
         self._redis = redis
+        self._timeout_s = timeout_s
         self._gen_key = f"{prefix}list:gen"
         self._page_prefix = f"{prefix}list:page:"
         # The scripts' keys and arguments go as bytes: redis-py passes bytes through, while each str or int costs it
@@ -69,18 +77,35 @@ class ListCache:
 
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
-        gen, body = await self._read(
-            keys=[self._gen_key_bytes],
-            args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
-        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                gen, body = await self._read(
+                    keys=[self._gen_key_bytes],
+                    args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
+                )
+        except TimeoutError:
+            raise self._late() from None
         return int(gen), body
 
     async def store(self, *, generation: int, limit: int, offset: int, body: bytes) -> None:
-        await self._redis.set(self.page_key(generation, limit, offset), body, ex=self._ttl)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._redis.set(self.page_key(generation, limit, offset), body, ex=self._ttl)
+        except TimeoutError:
+            raise self._late() from None
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
+        except TimeoutError:
+            raise self._late() from None
+
+    def _late(self) -> RedisTimeoutError:
+        """What a call past its deadline raises: a ``RedisError`` like any other failure of Redis (redis-py's own
+        timeouts are one too), so the callers' fallbacks apply unchanged."""
+        return RedisTimeoutError(f"Redis did not answer within {self._timeout_s} s")
 
 
 class SingleFlight(Generic[V]):

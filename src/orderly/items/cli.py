@@ -23,11 +23,12 @@ Burst = Annotated[bool, typer.Option("--burst", help="stop when there is nothing
 def migrate() -> None:
     """Create the databases, tables and the JetStream stream when missing (idempotent)."""
     from orderly.items.migrate import migrate as run_migrate
+    from orderly.platform.lifecycle import run_oneshot
     from orderly.platform.logging import configure_logging
 
     settings = ItemsSettings()
     configure_logging(settings.log, process="items-migrate")
-    asyncio.run(run_migrate(settings))
+    run_oneshot(lambda: asyncio.run(run_migrate(settings)))
 
 
 @app.command()

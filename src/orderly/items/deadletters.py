@@ -26,6 +26,7 @@ from orderly.items.changelog import MalformedEventError, row_from_payload
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream
 from orderly.platform.deadletters import DeadLetter, DeadLetterNotFoundError, Replayed, ReplayRefusedError
+from orderly.platform.pools import quiet_nats_callback
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class ItemsDeadLetters:
         return self._nc.jetstream()
 
     async def __aenter__(self) -> Self:
-        self._nc = await nats.connect(self.settings.nats.url(), connect_timeout=5, max_reconnect_attempts=2)
+        self._nc = await nats.connect(
+            self.settings.nats.url(), connect_timeout=5, max_reconnect_attempts=2, error_cb=quiet_nats_callback
+        )
         return self
 
     async def __aexit__(

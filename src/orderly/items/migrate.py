@@ -17,7 +17,7 @@ from orderly.platform.migrations import (
     postgres_database,
     postgres_session_lock,
 )
-from orderly.platform.pools import clickhouse_client
+from orderly.platform.pools import clickhouse_client, quiet_nats_callback
 
 log = logging.getLogger(__name__)
 SERVICE = "items"
@@ -39,7 +39,11 @@ async def migrate(settings: ItemsSettings) -> None:
             )
         finally:
             client.disconnect()
-    nc = await nats.connect(settings.nats.url())
+    # Two tries, then NoServersError (a one-shot step: it says the server is away rather than waiting for it);
+    # nats-py's default error callback would log each failed try with a traceback.
+    nc = await nats.connect(
+        settings.nats.url(), connect_timeout=5, max_reconnect_attempts=1, error_cb=quiet_nats_callback
+    )
     try:
         await ensure_stream(
             nc.jetstream(), name=settings.stream_name, duplicate_window_seconds=settings.items.duplicate_window_seconds

@@ -18,7 +18,7 @@ from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream, publish_all
 from orderly.platform.lifecycle import Shutdown
 from orderly.platform.metrics import BatchTimer
-from orderly.platform.pools import postgres_pool
+from orderly.platform.pools import postgres_pool, quiet_nats_callback
 from orderly.platform.probes import Probes, outbox_relay_probes, serve_probes
 from orderly.platform.retry import Retry, StoppedError
 
@@ -54,8 +54,8 @@ async def nats_until_connected(settings: ItemsSettings, retry: Retry) -> AsyncIt
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 connect_timeout=2,
-                error_cb=_quiet,
-                disconnected_cb=_quiet,
+                error_cb=quiet_nats_callback,
+                disconnected_cb=quiet_nats_callback,
             ),
             dependency="nats",
         )
@@ -67,10 +67,6 @@ async def nats_until_connected(settings: ItemsSettings, retry: Retry) -> AsyncIt
             # waits for a fetch that will never be answered.
             with contextlib.suppress(Exception):
                 await nc.close()
-
-
-async def _quiet(*_args: object) -> None:
-    """nats-py's default callbacks log every failed reconnect with a traceback; the Retry logs the outage once."""
 
 
 def retry_for(settings: ItemsSettings, shutdown: Shutdown) -> Retry:

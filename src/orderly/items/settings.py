@@ -20,6 +20,12 @@ LIST_MAX_OFFSET = 10_000
 
 class ItemsOptions(BaseModel):
     cache_ttl_seconds: int = Field(default=60, ge=1, description="lifetime of a cached /items/list page")
+    cache_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="deadline of one call to the list cache; past it a list reads PostgreSQL, a write answers 503",
+    )
     # Each distinct page is computed and cached, and each move is a row update and an outbox event: both bounded.
     list_max_offset: int = Field(default=LIST_MAX_OFFSET, ge=1, le=2**31, description="largest offset of a list")
     reprioritize_max_moves: int = Field(default=1000, ge=1, le=100_000, description="items one reprioritize may move")

@@ -54,11 +54,12 @@ def migrate() -> None:
     """Create the database when missing, apply migrations, seed the stock (idempotent)."""
     from orderly.loms.schema import migrate as run_migrate
     from orderly.loms.settings import LomsSettings
+    from orderly.platform.lifecycle import run_oneshot
     from orderly.platform.logging import configure_logging
 
     settings = LomsSettings()
     configure_logging(settings.log, process="loms-migrate")
-    asyncio.run(run_migrate(settings.postgres))
+    run_oneshot(lambda: asyncio.run(run_migrate(settings.postgres)))
 
 
 @app.command("init-topics")
@@ -67,12 +68,13 @@ def init_topics() -> None:
     from orderly.loms.kafka_admin import TopicShapeMismatchError
     from orderly.loms.kafka_admin import init_topics as run_init
     from orderly.loms.settings import LomsSettings
+    from orderly.platform.lifecycle import run_oneshot
     from orderly.platform.logging import configure_logging
 
     settings = LomsSettings()
     configure_logging(settings.log, process="loms-init-topics")
     try:
-        created = run_init(settings)
+        created = run_oneshot(lambda: run_init(settings))
     except TopicShapeMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -20,6 +20,11 @@ EXIT_DRAIN_CUT_SHORT = 124
 # A permanent fault (database missing, credentials refused): restarting will not help until the operator acts.
 # sysexits' EX_CONFIG, so a supervisor can tell it from a crash.
 EXIT_PERMANENT = 78
+# A one-shot step (a migration, topic creation) found a server it needs away: run it again once the server is up.
+# sysexits' EX_TEMPFAIL.
+EXIT_UNAVAILABLE = 75
+
+T = TypeVar("T")
 
 
 class Shutdown:
@@ -104,3 +109,30 @@ def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: f
         raise SystemExit(EXIT_PERMANENT) from None
     if not clean:
         raise SystemExit(EXIT_DRAIN_CUT_SHORT)
+
+
+def run_oneshot(step: Callable[[], T]) -> T:
+    """The entry of a one-shot command (migrations, topic creation): ``step()``'s result, or one line and an exit code.
+
+    A dependency that is away (connection refused, server starting, broker down) ends it with one line naming the
+    server and ``EXIT_UNAVAILABLE``; a permanent fault (credentials refused, a topic of the wrong shape) with its fix
+    and ``EXIT_PERMANENT``. Neither is a bug, so neither prints a traceback; anything else is raised as it is.
+    """
+    from orderly.platform.errors import Permanent, Transient, classify
+
+    try:
+        return step()
+    except Exception as exc:
+        fault = classify(exc)
+        if isinstance(fault, Transient):
+            log.critical(
+                "%s is unavailable (%s): start it, or check its host and port in the settings, then run this again",
+                fault.dependency,
+                fault.reason,
+                extra={"dependency": fault.dependency},
+            )
+            raise SystemExit(EXIT_UNAVAILABLE) from None
+        if isinstance(fault, Permanent):
+            log.critical("%s", fault.message, extra={"dependency": fault.dependency, "fix": fault.fix})
+            raise SystemExit(EXIT_PERMANENT) from None
+        raise

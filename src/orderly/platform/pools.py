@@ -115,6 +115,11 @@ async def rabbitmq_connection(
         await connection.close()
 
 
+async def quiet_nats_callback(*_args: object) -> None:
+    """For nats-py's ``error_cb`` and ``disconnected_cb``: its defaults log every failed connect with a traceback.
+    The caller says it once instead: its ``Retry`` logs the outage, a one-shot step exits with one line."""
+
+
 @asynccontextmanager
 async def nats_connection(settings: NatsSettings, **kwargs: Any) -> AsyncIterator[NatsClient]:
     import nats

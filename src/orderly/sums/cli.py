@@ -131,12 +131,13 @@ def _run_instances(first: int, count: int, mode: str | None) -> int:
 @app.command()
 def migrate() -> None:
     """Create the MySQL database when missing and apply pending migrations (idempotent)."""
+    from orderly.platform.lifecycle import run_oneshot
     from orderly.platform.logging import configure_logging
     from orderly.sums.settings import SumsSettings
 
     settings = SumsSettings()
     configure_logging(settings.log, process="sums-migrate")
-    applied = asyncio.run(migrate_database(settings.mysql))
+    applied = run_oneshot(lambda: asyncio.run(migrate_database(settings.mysql)))
     typer.echo(f"sums: applied {applied or 'nothing (up to date)'}")
 
 

@@ -1,8 +1,10 @@
-"""The /items/list cache: hit, miss, TTL expiry, invalidation after writes, and the stale-refill race."""
+"""The /items/list cache: hit, miss, TTL expiry, invalidation after writes, the stale-refill race, and a Redis that
+fails or hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -14,6 +16,7 @@ from orderly.items import service
 from orderly.items.cache import ListCache, SingleFlight
 from orderly.items.migrate import migrate
 from orderly.items.settings import ItemsSettings
+from orderly.platform.errors import OutcomeUnknownError
 from orderly.platform.pools import postgres_pool, redis_client
 from tests.integration.items.support import api_client, create, items_settings
 from tests.plumbing import Namespace, ScratchStack, wait_until
@@ -284,3 +287,40 @@ async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
             for _ in range(2):  # a miss that loads, then a hit: both the new name
                 body, _hit = await service.list_items(pool=pool, cache=cache, limit=50, offset=1)
                 assert f'"{name}"'.encode() in body, f"after write {version} the list shows {body[:200]!r}"
+
+
+@pytest.mark.slow
+async def test_a_redis_that_stops_answering_costs_a_list_the_cache_deadline_and_a_write_its_certainty(
+    namespace: Namespace, scratch_stack: Callable[..., ScratchStack]
+) -> None:
+    """Redis paused (SIGSTOP: its socket stays open, nothing answers), on a client without redis-py's socket timeout
+    as the API's: past the cache's deadline a list reads PostgreSQL, and a committed write answers outcome_unknown.
+    Without the deadline both would wait for as long as Redis stays paused."""
+    scratch = scratch_stack("items-hung", "redis")
+    scratch.up()
+    own = await namespace.settings("hung")
+    settings = items_settings(
+        own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
+    )
+    await migrate(settings)
+    async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis, socket_timeout=None) as redis:
+        cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60, timeout_s=0.5)
+        item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="before", description=None)
+        scratch.signal("redis", signal.SIGSTOP)
+        try:
+            body, hit = await asyncio.wait_for(service.list_items(pool=pool, cache=cache, limit=10, offset=1), 60)
+            assert not hit
+            assert b'"before"' in body
+            with pytest.raises(OutcomeUnknownError):
+                await asyncio.wait_for(
+                    service.update_item(
+                        pool=pool, cache=cache, item_id=item.id, campaign_id=1, name="after", description=None
+                    ),
+                    60,
+                )
+        finally:
+            scratch.signal("redis", signal.SIGCONT)
+        assert await pool.fetchval("SELECT name FROM items WHERE id = $1", item.id) == "after", "it was committed"
+        body, _hit = await service.list_items(pool=pool, cache=cache, limit=10, offset=1)  # Redis answers again
+        assert b'"after"' in body
+        assert await redis.ping()
