@@ -1,12 +1,14 @@
 """Paired A/B of the HTTP hot paths: both revisions' servers up side by side, short wrk bursts alternating A, B, B, A…
 
-    python -m bench.ab_paired --base <rev> [--head <rev>] [--pairs N] [--seconds S]
+    python -m bench.ab_paired --base <rev> [--head <rev>] [--pairs N] [--seconds S] [--together] [--targets T,...]
 
 `make bench-ab` runs the whole bench of one revision, then of the other. On this machine the figures of one and the
 same revision drift by ±30 % and more within minutes (its neighbours' load), far more than the 5 % a change may cost,
 so two such runs minutes apart cannot tell a 5 % change. Here both revisions serve at the same time (the idle one
 costs next to nothing), each burst of A is paired with the burst of B beside it, and a figure is the median over the
-pairs of B / A: drift slower than a few seconds falls out of each ratio.
+pairs of B / A: drift slower than a few seconds falls out of each ratio. With ``--together`` the two bursts of a pair
+run at the same time instead (a wrk per server), so even drift within seconds hits both sides alike; what each side
+then serves measures its CPU cost per request against the other's.
 
 Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,12 +70,29 @@ def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iter
             proc.wait()
 
 
-def paired(urls: dict[str, str], *, pairs: int, seconds: int, script: str | None = None) -> dict[str, Any]:
-    """``pairs`` bursts of each side, A and B back to back (order swapped every pair); B / A per pair."""
+def paired(
+    urls: dict[str, str], *, pairs: int, seconds: int, script: str | None = None, together: bool = False
+) -> dict[str, Any]:
+    """``pairs`` bursts of each side; B / A per pair.
+
+    Alternating (the default): A and B back to back, the order swapped every pair. ``together``: both sides loaded
+    at the same time by a wrk each (one thread each), the starting order swapped every pair. Then both share every
+    instant's noise, and each server's rate is what its CPU cost per request buys out of an even share of the
+    machine.
+    """
     rates: dict[str, list[float]] = {"A": [], "B": []}
     for index in range(pairs):
-        for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
-            result = wrk(urls[side], seconds=seconds, connections=50, script=script)
+        order = ("A", "B") if index % 2 == 0 else ("B", "A")
+        if together:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = {
+                    side: pool.submit(wrk, urls[side], seconds=seconds, connections=50, threads=1, script=script)
+                    for side in order
+                }
+            results = {side: future.result() for side, future in futures.items()}
+        else:
+            results = {side: wrk(urls[side], seconds=seconds, connections=50, script=script) for side in order}
+        for side, result in results.items():
             if result["non_2xx"]:
                 raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
             rates[side].append(result["req_per_s"])
@@ -97,23 +117,23 @@ def urls(path: str) -> dict[str, str]:
     return {side: f"http://127.0.0.1:{port}{path}" for side, port in PORTS.items()}
 
 
-def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, Any]:
+def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
     with both(trees, ["bench.hello_app", "--port", "{port}"], {}):
-        return paired(urls("/hello"), pairs=pairs, seconds=seconds)
+        return paired(urls("/hello"), pairs=pairs, seconds=seconds, together=together)
 
 
-def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, Any]:
+def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
     infra = InfraSettings()
     settings = asyncio.run(ingest_bench.prepare(infra))
     try:
         args = ["orderly", "ingest", "api", "--port", "{port}", "--workers", "1"]
         with both(trees, args, ingest_bench.env_for(settings)):
-            return paired(urls("/ingest?n=7&n=-3&n=42"), pairs=pairs, seconds=seconds)
+            return paired(urls("/ingest?n=7&n=-3&n=42"), pairs=pairs, seconds=seconds, together=together)
     finally:
         asyncio.run(ingest_bench.cleanup(infra))
 
 
-def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[str, dict[str, Any]]:
+def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
     """Both APIs on one database and one cache (the schema is the same); no relay or audit runs meanwhile."""
     settings = items_bench.bench_settings(secrets.token_hex(3))
     asyncio.run(items_bench.migrate(settings))
@@ -126,17 +146,22 @@ def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int) -> dict[s
                 script.write(items_bench.WRITE_LUA)
                 script.flush()
                 return {
-                    "items-cached": paired(urls("/items/list"), pairs=pairs, seconds=seconds),
-                    "items-writes": paired(urls("/"), pairs=pairs, seconds=seconds, script=script.name),
+                    "items-cached": paired(urls("/items/list"), pairs=pairs, seconds=seconds, together=together),
+                    "items-writes": paired(
+                        urls("/"), pairs=pairs, seconds=seconds, script=script.name, together=together
+                    ),
                 }
     finally:
         asyncio.run(items_bench.drop(settings))
 
 
-def render(base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int) -> str:
+def render(
+    base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int, together: bool
+) -> str:
+    how = "A and B loaded at once, one wrk each" if together else "A, B / B, A alternating"
     lines = [
         f"A = `{base[:12]}`, B = `{head[:12]}`; one run of `python -m bench.ab_paired`: both servers up, {pairs} pairs"
-        f" of {seconds} s wrk bursts (A, B / B, A alternating); B / A is the median of the per-pair ratios.",
+        f" of {seconds} s wrk bursts ({how}); B / A is the median of the per-pair ratios.",
         f"Measured {datetime.now(UTC).isoformat(timespec='seconds')}; flagged when B < {TOLERANCE:.0%} of A.",
         "",
         "| target | A req/s (median) | B req/s (median) | B / A, median of pairs | pairs' range |",
@@ -164,23 +189,36 @@ def main() -> int:
     parser.add_argument(
         "--seconds", type=int, default=3, choices=range(1, 61), metavar="S", help="seconds of one burst (1-60)"
     )
+    parser.add_argument(
+        "--together", action="store_true", help="load A and B at the same time (one wrk each) instead of in turn"
+    )
+    parser.add_argument(
+        "--targets",
+        default="hello,ingest,items",
+        help="comma-separated, of hello, ingest, items (default: all)",
+    )
     args = parser.parse_args()
+    targets = set(args.targets.split(","))
+    if not targets or not targets <= {"hello", "ingest", "items"}:
+        parser.error(f"--targets takes hello, ingest and items, not {args.targets!r}")
 
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
     head, b_tree = checkout(args.head)
     share_harness(b_tree, a_tree)
     trees = {"A": a_tree, "B": b_tree}
-    pairs, seconds = args.pairs, args.seconds
-    results = {
-        "hello": measure_hello(trees, pairs=pairs, seconds=seconds),
-        "ingest": measure_ingest(trees, pairs=pairs, seconds=seconds),
-        **measure_items(trees, pairs=pairs, seconds=seconds),
-    }
+    how = {"pairs": args.pairs, "seconds": args.seconds, "together": args.together}
+    results: dict[str, dict[str, Any]] = {}
+    if "hello" in targets:
+        results["hello"] = measure_hello(trees, **how)
+    if "ingest" in targets:
+        results["ingest"] = measure_ingest(trees, **how)
+    if "items" in targets:
+        results |= measure_items(trees, **how)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"base": base, "head": head, "pairs": args.pairs, "seconds": args.seconds, "results": results}
+    record = {"base": base, "head": head, **how, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = render(base, head, results, pairs=args.pairs, seconds=args.seconds)
+    table = render(base, head, results, **how)
     (RESULTS / "ab_paired.md").write_text(table)
     print(table)
     return 1 if "⚠" in table else 0

@@ -327,16 +327,14 @@ def create_app(settings: ItemsSettings | None = None) -> Edge:
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with (
             postgres_pool(settings.postgres, reset=_session_has_nothing_to_reset) as pool,
-            # No socket timeout: the cache's own deadline bounds each call (redis-py's costs a task per command).
-            redis_client(settings.redis, socket_timeout=None) as redis,
+            redis_client(
+                settings.redis,
+                socket_timeout=settings.items.cache_timeout_seconds,
+                socket_connect_timeout=settings.items.cache_timeout_seconds,
+            ) as redis,
         ):
             changelog = ChangeLog(clickhouse_client(settings.clickhouse), database=settings.clickhouse.database)
-            cache = ListCache(
-                redis,
-                prefix=settings.cache_prefix,
-                ttl_seconds=settings.items.cache_ttl_seconds,
-                timeout_s=settings.items.cache_timeout_seconds,
-            )
+            cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=settings.items.cache_ttl_seconds)
             # Everything built so far lives as long as the process: out of the cyclic collector's reach, full
             # collections under load only walk per-request garbage (shorter pauses, steadier p99).
             gc.collect()

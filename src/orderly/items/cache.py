@@ -9,11 +9,9 @@ a reader still in flight across the restart stores its old page under the genera
 restarting from 0 would count back up to that number after a few writes and serve the old page as current. From a
 random start the counter reaches an old generation with odds of about one in 2**62.
 
-Every call has a deadline (``timeout_s``, the API's ``items.cache_timeout_seconds``): a Redis that stops answering
-(paused, partitioned) costs a list request that long before it reads PostgreSQL, and a write answers
-``outcome_unknown``. The deadline is this adapter's, not redis-py's ``socket_timeout``: redis-py wraps every command's
-send in ``asyncio.wait_for``, a new task per command, which cost a quarter of the CPU of a cached list request in
-process (p10 176 µs against 131 µs without it, see docs/benchmarks.md), so the API's client runs without one.
+A Redis that stops answering (paused, partitioned) is bounded by the client's ``socket_timeout`` (the API sets it to
+``items.cache_timeout_seconds``): past it a call raises redis-py's ``TimeoutError``, a list reads PostgreSQL and a
+write answers ``outcome_unknown``.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 V = TypeVar("V")
 
@@ -60,9 +57,8 @@ def random_epoch() -> int:
 class ListCache:
     """Pages of the item list, keyed by (generation, limit, offset), each living ``ttl_seconds``."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int, timeout_s: float = 1.0) -> None:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int) -> None:
         self._redis = redis
-        self._timeout_s = timeout_s
         self._gen_key = f"{prefix}list:gen"
         self._page_prefix = f"{prefix}list:page:"
         # The scripts' keys and arguments go as bytes: redis-py passes bytes through, while each str or int costs it
@@ -77,35 +73,18 @@ class ListCache:
 
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                gen, body = await self._read(
-                    keys=[self._gen_key_bytes],
-                    args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
-                )
-        except TimeoutError:
-            raise self._late() from None
+        gen, body = await self._read(
+            keys=[self._gen_key_bytes],
+            args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
+        )
         return int(gen), body
 
     async def store(self, *, generation: int, limit: int, offset: int, body: bytes) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._redis.set(self.page_key(generation, limit, offset), body, ex=self._ttl)
-        except TimeoutError:
-            raise self._late() from None
+        await self._redis.set(self.page_key(generation, limit, offset), body, ex=self._ttl)
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
-        except TimeoutError:
-            raise self._late() from None
-
-    def _late(self) -> RedisTimeoutError:
-        """What a call past its deadline raises: a ``RedisError`` like any other failure of Redis (redis-py's own
-        timeouts are one too), so the callers' fallbacks apply unchanged."""
-        return RedisTimeoutError(f"Redis did not answer within {self._timeout_s} s")
+        return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
 
 
 class SingleFlight(Generic[V]):

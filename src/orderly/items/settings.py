@@ -24,7 +24,7 @@ class ItemsOptions(BaseModel):
         default=1.0,
         gt=0,
         le=30,
-        description="deadline of one call to the list cache; past it a list reads PostgreSQL, a write answers 503",
+        description="Redis socket timeout of the API; past it a list reads PostgreSQL, a write answers 503",
     )
     # Each distinct page is computed and cached, and each move is a row update and an outbox event: both bounded.
     list_max_offset: int = Field(default=LIST_MAX_OFFSET, ge=1, le=2**31, description="largest offset of a list")

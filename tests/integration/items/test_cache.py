@@ -293,9 +293,9 @@ async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
 async def test_a_redis_that_stops_answering_costs_a_list_the_cache_deadline_and_a_write_its_certainty(
     namespace: Namespace, scratch_stack: Callable[..., ScratchStack]
 ) -> None:
-    """Redis paused (SIGSTOP: its socket stays open, nothing answers), on a client without redis-py's socket timeout
-    as the API's: past the cache's deadline a list reads PostgreSQL, and a committed write answers outcome_unknown.
-    Without the deadline both would wait for as long as Redis stays paused."""
+    """Redis paused (SIGSTOP: its socket stays open, nothing answers): past the client's socket timeout (the API's
+    ``items.cache_timeout_seconds``) a list reads PostgreSQL, and a committed write answers outcome_unknown. Without
+    the timeout both would wait for as long as Redis stays paused."""
     scratch = scratch_stack("items-hung", "redis")
     scratch.up()
     own = await namespace.settings("hung")
@@ -303,8 +303,8 @@ async def test_a_redis_that_stops_answering_costs_a_list_the_cache_deadline_and_
         own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
     )
     await migrate(settings)
-    async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis, socket_timeout=None) as redis:
-        cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60, timeout_s=0.5)
+    async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis, socket_timeout=0.5) as redis:
+        cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60)
         item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="before", description=None)
         scratch.signal("redis", signal.SIGSTOP)
         try:
