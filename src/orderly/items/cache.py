@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
+
+from orderly.platform.redis_script import LuaScript
 
 V = TypeVar("V")
 
@@ -65,8 +67,8 @@ class ListCache:
         # a chain of type checks and an encode (a tenth of the Python calls of a write's invalidation).
         self._gen_key_bytes, self._page_prefix_bytes = self._gen_key.encode(), self._page_prefix.encode()
         self._ttl = ttl_seconds
-        self._read: Any = redis.register_script(_READ)
-        self._bump: Any = redis.register_script(_BUMP)
+        self._read = LuaScript(redis, _READ)
+        self._bump = LuaScript(redis, _BUMP)
 
     def page_key(self, generation: int, limit: int, offset: int) -> str:
         return f"{self._page_prefix}{generation}:{limit}:{offset}"
@@ -74,8 +76,7 @@ class ListCache:
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
         gen, body = await self._read(
-            keys=[self._gen_key_bytes],
-            args=[self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()],
+            self._gen_key_bytes, self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()
         )
         return int(gen), body
 
@@ -84,7 +85,7 @@ class ListCache:
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        return int(await self._bump(keys=[self._gen_key_bytes], args=[b"%d" % random_epoch()]))
+        return int(await self._bump(self._gen_key_bytes, b"%d" % random_epoch()))
 
 
 class SingleFlight(Generic[V]):

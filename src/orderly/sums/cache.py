@@ -17,6 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from orderly.platform.redis_script import LuaScript
+
 log = logging.getLogger(__name__)
 
 # Return the current value and its remaining TTL, or set our mark (only if absent) and return nil. One round trip,
@@ -65,7 +67,7 @@ class IdempotencyCache:
         self._prefix = prefix + "sums:ikey:"
         self._skip_s = skip_after_failure_s
         self._down_until = 0.0
-        self._release = client.register_script(RELEASE)
+        self._release = LuaScript(client, RELEASE)
         self._claims: list[_Claim] = []  # queued in this event-loop turn, sent together by one flush task
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -137,7 +139,7 @@ class IdempotencyCache:
     async def release(self, key: str, mark: str) -> None:
         self._check()
         try:
-            await self._release(keys=[self.name(key)], args=[mark])
+            await self._release(self.name(key), mark)
         except _REDIS_ERRORS as error:
             raise self._failed(error) from error
 
