@@ -53,10 +53,10 @@ bench-ab: setup ## A/B in one run: every bench-* target on BASE=<rev> and HEAD=<
 	$(RUN) python bench/render.py
 
 .PHONY: bench-ab-paired
-bench-ab-paired: setup ## paired A/B of the HTTP hot paths: both revisions serving side by side, alternating bursts
-	@test -n "$(BASE)" || { echo "usage: make bench-ab-paired BASE=<rev> [HEAD=<rev>] [PAIRS=N] [TOGETHER=1] [TARGETS=hello,ingest,items]"; exit 2; }
+bench-ab-paired: setup ## paired A/B of the HTTP hot paths: both revisions serving side by side, loaded together
+	@test -n "$(BASE)" || { echo "usage: make bench-ab-paired BASE=<rev> [HEAD=<rev>] [PAIRS=N] [ALTERNATE=1] [TARGETS=hello,ingest,items]"; exit 2; }
 	$(RUN) python -m bench.ab_paired --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(PAIRS),--pairs "$(PAIRS)") \
-		$(if $(TOGETHER),--together) $(if $(TARGETS),--targets "$(TARGETS)")
+		$(if $(ALTERNATE),--alternate) $(if $(TARGETS),--targets "$(TARGETS)")
 	$(RUN) python bench/render.py
 
 .PHONY: bench

@@ -1,14 +1,14 @@
-"""Paired A/B of the HTTP hot paths: both revisions' servers up side by side, short wrk bursts alternating A, B, B, A…
+"""Paired A/B of the HTTP hot paths: both revisions' servers up side by side, loaded in pairs of short wrk bursts.
 
-    python -m bench.ab_paired --base <rev> [--head <rev>] [--pairs N] [--seconds S] [--together] [--targets T,...]
+    python -m bench.ab_paired --base <rev> [--head <rev>] [--pairs N] [--seconds S] [--alternate] [--targets T,...]
 
 `make bench-ab` runs the whole bench of one revision, then of the other. On this machine the figures of one and the
 same revision drift by ±30 % and more within minutes (its neighbours' load), far more than the 5 % a change may cost,
-so two such runs minutes apart cannot tell a 5 % change. Here both revisions serve at the same time (the idle one
-costs next to nothing), each burst of A is paired with the burst of B beside it, and a figure is the median over the
-pairs of B / A: drift slower than a few seconds falls out of each ratio. With ``--together`` the two bursts of a pair
-run at the same time instead (a wrk per server), so even drift within seconds hits both sides alike; what each side
-then serves measures its CPU cost per request against the other's.
+so two such runs minutes apart cannot tell a 5 % change. Here both revisions serve at the same time, and a figure is
+the median over the pairs of B / A. By default the two bursts of a pair run at the same time (a wrk per server): every
+instant's noise hits both sides alike, and what each serves measures its CPU cost per request against the other's.
+With ``--alternate`` they run in turn (A, B, then B, A; the idle server costs next to nothing): drift slower than a
+few seconds falls out of each ratio, faster drift does not.
 
 Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
@@ -190,7 +190,7 @@ def main() -> int:
         "--seconds", type=int, default=3, choices=range(1, 61), metavar="S", help="seconds of one burst (1-60)"
     )
     parser.add_argument(
-        "--together", action="store_true", help="load A and B at the same time (one wrk each) instead of in turn"
+        "--alternate", action="store_true", help="load A and B in turn (A, B / B, A) instead of at the same time"
     )
     parser.add_argument(
         "--targets",
@@ -207,7 +207,7 @@ def main() -> int:
     head, b_tree = checkout(args.head)
     share_harness(b_tree, a_tree)
     trees = {"A": a_tree, "B": b_tree}
-    how = {"pairs": args.pairs, "seconds": args.seconds, "together": args.together}
+    how = {"pairs": args.pairs, "seconds": args.seconds, "together": not args.alternate}
     results: dict[str, dict[str, Any]] = {}
     if "hello" in targets:
         results["hello"] = measure_hello(trees, **how)
