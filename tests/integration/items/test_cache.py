@@ -238,6 +238,20 @@ async def test_a_shared_load_is_not_served_to_readers_that_start_after_a_write(o
         assert b'"after"' in body
 
 
+async def on_own_redis(
+    namespace: Namespace, scratch_stack: Callable[..., ScratchStack], name: str
+) -> tuple[ScratchStack, ItemsSettings]:
+    """A Redis of the test's own (to restart or pause) and migrated items settings that use it."""
+    scratch = scratch_stack(f"items-{name}", "redis")
+    scratch.up()
+    own = await namespace.settings(name)
+    settings = items_settings(
+        own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
+    )
+    await migrate(settings)
+    return scratch, settings
+
+
 @pytest.mark.slow
 async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
     namespace: Namespace, scratch_stack: Callable[..., ScratchStack]
@@ -247,13 +261,7 @@ async def test_a_page_stored_across_a_redis_restart_never_becomes_current(
     Had the lost counter restarted from 0, as many writes as the reader's generation would bring it back to that
     number and the old page would be served as current; from a random epoch it never meets it.
     """
-    scratch = scratch_stack("items-cache", "redis")
-    scratch.up()
-    own = await namespace.settings("restart")
-    settings = items_settings(
-        own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
-    )
-    await migrate(settings)
+    scratch, settings = await on_own_redis(namespace, scratch_stack, "restart")
     async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis) as redis:
         cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60)
         item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="v0", description=None)
@@ -296,13 +304,7 @@ async def test_a_redis_that_stops_answering_costs_a_list_the_cache_deadline_and_
     """Redis paused (SIGSTOP: its socket stays open, nothing answers): past the client's socket timeout (the API's
     ``items.cache_timeout_seconds``) a list reads PostgreSQL, and a committed write answers outcome_unknown. Without
     the timeout both would wait for as long as Redis stays paused."""
-    scratch = scratch_stack("items-hung", "redis")
-    scratch.up()
-    own = await namespace.settings("hung")
-    settings = items_settings(
-        own.model_copy(update={"redis": scratch.settings.redis.model_copy(update={"key_prefix": own.redis.key_prefix})})
-    )
-    await migrate(settings)
+    scratch, settings = await on_own_redis(namespace, scratch_stack, "hung")
     async with postgres_pool(settings.postgres) as pool, redis_client(settings.redis, socket_timeout=0.5) as redis:
         cache = ListCache(redis, prefix=settings.cache_prefix, ttl_seconds=60)
         item = await service.create_item(pool=pool, cache=cache, campaign_id=1, name="before", description=None)
