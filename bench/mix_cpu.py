@@ -25,16 +25,10 @@ import psutil
 
 from bench import items as items_bench
 from bench.ab import checkout, revisions_parser, share_harness
-from orderly.platform.settings import InfraSettings
+from orderly.stack.manager import Stack
 
 API_PORT = 18177
-
-
-def listener(port: int) -> int:
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    raise RuntimeError(f"nothing listens on {port}: is the stack up?")
+SERVERS = ["postgres", "redis", "nats", "clickhouse"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,20 +106,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, choices=range(1, 21), metavar="N", help="runs per side")
     parser.add_argument("--probe", action="store_true", help="run the change-log lag probe during the mix")
     args = parser.parse_args()
-    subprocess.run(
-        [sys.executable, "-m", "orderly", "stack", "up", "postgres", "redis", "nats", "clickhouse"], check=True
-    )
+    subprocess.run([sys.executable, "-m", "orderly", "stack", "up", *SERVERS], check=True)
     _, a_tree = checkout(args.base)
     _, b_tree = checkout(args.head)
     share_harness(b_tree, a_tree)
-    infra = InfraSettings()
-    ports = {
-        "postgres": infra.postgres.port,
-        "redis": infra.redis.port,
-        "nats": infra.nats.port,
-        "clickhouse": infra.clickhouse.port,
-    }
-    servers = {name: listener(port) for name, port in ports.items()}
+    found = {server.name: server.pid() for server in Stack().servers(SERVERS)}
+    servers = {name: pid for name, pid in found.items() if pid is not None}
+    if len(servers) < len(found):
+        raise RuntimeError(f"not running: {', '.join(sorted(set(found) - set(servers)))}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as mix:
         mix.write(items_bench.MIX_LUA)
         mix.flush()

@@ -61,11 +61,10 @@ class ListCache:
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int) -> None:
         self._redis = redis
-        self._gen_key = f"{prefix}list:gen"
         self._page_prefix = f"{prefix}list:page:"
         # The scripts' keys and arguments go as bytes: redis-py passes bytes through, while each str or int costs it
         # a chain of type checks and an encode (a tenth of the Python calls of a write's invalidation).
-        self._gen_key_bytes, self._page_prefix_bytes = self._gen_key.encode(), self._page_prefix.encode()
+        self._gen_key, self._page_prefix_bytes = f"{prefix}list:gen".encode(), self._page_prefix.encode()
         self._ttl = ttl_seconds
         self._read = LuaScript(redis, _READ)
         self._bump = LuaScript(redis, _BUMP)
@@ -76,7 +75,7 @@ class ListCache:
     async def lookup(self, *, limit: int, offset: int) -> tuple[int, bytes | None]:
         """The current generation and the page cached for it, if any."""
         gen, body = await self._read(
-            self._gen_key_bytes, self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()
+            self._gen_key, self._page_prefix_bytes, b":%d:%d" % (limit, offset), b"%d" % random_epoch()
         )
         return int(gen), body
 
@@ -85,7 +84,7 @@ class ListCache:
 
     async def invalidate(self) -> int:
         """Make every cached page unreachable; called after a write's commit. Returns the new generation."""
-        return int(await self._bump(self._gen_key_bytes, b"%d" % random_epoch()))
+        return int(await self._bump(self._gen_key, b"%d" % random_epoch()))
 
 
 class SingleFlight(Generic[V]):

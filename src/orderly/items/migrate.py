@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import nats
-
 from orderly.items.deadletters import ensure_dead_letter_stream
 from orderly.items.settings import ItemsSettings
 from orderly.items.stream import ensure_stream
@@ -17,7 +15,7 @@ from orderly.platform.migrations import (
     postgres_database,
     postgres_session_lock,
 )
-from orderly.platform.pools import clickhouse_client, quiet_nats_callback
+from orderly.platform.pools import clickhouse_client, nats_connection, quiet_nats_callback
 
 log = logging.getLogger(__name__)
 SERVICE = "items"
@@ -41,14 +39,11 @@ async def migrate(settings: ItemsSettings) -> None:
             client.disconnect()
     # Two tries, then NoServersError (a one-shot step: it says the server is away rather than waiting for it);
     # nats-py's default error callback would log each failed try with a traceback.
-    nc = await nats.connect(
-        settings.nats.url(), connect_timeout=5, max_reconnect_attempts=1, error_cb=quiet_nats_callback
-    )
-    try:
+    async with nats_connection(
+        settings.nats, connect_timeout=5, max_reconnect_attempts=1, error_cb=quiet_nats_callback
+    ) as nc:
         await ensure_stream(
             nc.jetstream(), name=settings.stream_name, duplicate_window_seconds=settings.items.duplicate_window_seconds
         )
         await ensure_dead_letter_stream(nc.jetstream(), settings)
-    finally:
-        await nc.close()
     log.info("items migrated", extra={"postgres": applied, "clickhouse": applied_ch, "stream": settings.stream_name})

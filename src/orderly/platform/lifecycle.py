@@ -7,9 +7,12 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import uvloop
+
+if TYPE_CHECKING:
+    from orderly.platform.errors import Permanent
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,7 @@ def run_process(main: Callable[[Shutdown], Awaitable[None]], *, drain_seconds: f
     try:
         clean = uvloop.run(runner())
     except PermanentError as exc:
-        log.critical("%s", exc, extra={"dependency": exc.fault.dependency, "fix": exc.fault.fix})
-        raise SystemExit(EXIT_PERMANENT) from None
+        _stop_permanent(exc.fault)
     if not clean:
         raise SystemExit(EXIT_DRAIN_CUT_SHORT)
 
@@ -133,6 +135,11 @@ def run_oneshot(step: Callable[[], T]) -> T:
             )
             raise SystemExit(EXIT_UNAVAILABLE) from None
         if isinstance(fault, Permanent):
-            log.critical("%s", fault.message, extra={"dependency": fault.dependency, "fix": fault.fix})
-            raise SystemExit(EXIT_PERMANENT) from None
+            _stop_permanent(fault)
         raise
+
+
+def _stop_permanent(fault: Permanent) -> NoReturn:
+    """End the process on a permanent fault: one line naming the fix, then ``EXIT_PERMANENT``."""
+    log.critical("%s", fault.message, extra={"dependency": fault.dependency, "fix": fault.fix})
+    raise SystemExit(EXIT_PERMANENT) from None
