@@ -13,8 +13,11 @@ few seconds falls out of each ratio, faster drift does not.
 Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
 - ``ingest``: ``GET /ingest`` of the ingest API with one process, publishing to RabbitMQ with confirms;
-- ``items-cached`` and ``items-writes``: the items API's cached ``GET /items/list`` and the bench's write mix (one in
-  five a create, the rest updates), both APIs on one database and cache, no relay or audit running.
+- ``items`` (``items-cached`` and ``items-writes``): the items API's cached ``GET /items/list`` and the bench's write
+  mix (one in five a create, the rest updates), both APIs on one database and cache, no relay or audit running;
+- ``items-mix`` (``items-mix`` and ``items-mix-probe``): the bench's 90/10 list/update mix, each side with its own
+  API, relay and audit on a database, stream and ClickHouse table of its own; then the same with the bench's
+  change-log lag probe running against each side during every burst.
 
 Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/benchmarks.md by ``bench/render.py``).
 """
@@ -30,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -46,11 +49,13 @@ from bench.ingest import wait_ready, wrk
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
+TARGETS = ("hello", "ingest", "items", "items-mix")
 
 
 @contextmanager
-def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iterator[None]:
-    """``python -m <args>`` from ``tree``'s own environment, until the block ends."""
+def running(tree: Path, args: list[str], env: dict[str, str], port: int | None = None) -> Iterator[None]:
+    """``python -m <args>`` from ``tree``'s own environment (ready once ``port`` answers, if given) until the block
+    ends."""
     proc = subprocess.Popen(
         [str(tree / ".venv" / "bin" / "python"), "-m", *args],
         cwd=tree,
@@ -59,7 +64,8 @@ def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iter
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(port)
+        if port is not None:
+            wait_ready(port)
         yield
     finally:
         proc.terminate()
@@ -71,27 +77,34 @@ def serving(tree: Path, args: list[str], env: dict[str, str], port: int) -> Iter
 
 
 def paired(
-    urls: dict[str, str], *, pairs: int, seconds: int, script: str | None = None, together: bool = False
+    urls: dict[str, str],
+    *,
+    pairs: int,
+    seconds: int,
+    script: str | None = None,
+    together: bool = False,
+    alongside: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """``pairs`` bursts of each side; B / A per pair.
 
     Alternating (the default): A and B back to back, the order swapped every pair. ``together``: both sides loaded
     at the same time by a wrk each (one thread each), the starting order swapped every pair. Then both share every
     instant's noise, and each server's rate is what its CPU cost per request buys out of an even share of the
-    machine.
+    machine. ``alongside`` is entered around each pair's bursts (the items mix's lag probes).
     """
     rates: dict[str, list[float]] = {"A": [], "B": []}
     for index in range(pairs):
         order = ("A", "B") if index % 2 == 0 else ("B", "A")
-        if together:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                futures = {
-                    side: pool.submit(wrk, urls[side], seconds=seconds, connections=50, threads=1, script=script)
-                    for side in order
-                }
-            results = {side: future.result() for side, future in futures.items()}
-        else:
-            results = {side: wrk(urls[side], seconds=seconds, connections=50, script=script) for side in order}
+        with alongside():
+            if together:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    futures = {
+                        side: pool.submit(wrk, urls[side], seconds=seconds, connections=50, threads=1, script=script)
+                        for side in order
+                    }
+                results = {side: future.result() for side, future in futures.items()}
+            else:
+                results = {side: wrk(urls[side], seconds=seconds, connections=50, script=script) for side in order}
         for side, result in results.items():
             if result["non_2xx"]:
                 raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
@@ -109,12 +122,12 @@ def both(trees: dict[str, Path], args: list[str], env: dict[str, str]) -> contex
     """A's and B's server of ``args`` (``{port}`` filled in per side), both ready."""
     with contextlib.ExitStack() as stack:  # A's server is stopped again if B's does not come up
         for side, port in PORTS.items():
-            stack.enter_context(serving(trees[side], [a.format(port=port) for a in args], env, port))
+            stack.enter_context(running(trees[side], [a.format(port=port) for a in args], env, port))
         return stack.pop_all()
 
 
-def urls(path: str) -> dict[str, str]:
-    return {side: f"http://127.0.0.1:{port}{path}" for side, port in PORTS.items()}
+def urls(path: str, ports: dict[str, int] = PORTS) -> dict[str, str]:
+    return {side: f"http://127.0.0.1:{port}{path}" for side, port in ports.items()}
 
 
 def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
@@ -155,6 +168,63 @@ def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int, together:
         asyncio.run(items_bench.drop(settings))
 
 
+MIX_PORTS = {"A": 18193, "B": 18194}
+
+
+@contextmanager
+def lag_probes(bases: list[str]) -> Iterator[None]:
+    """The bench's change-log lag probe (a write, then `/logs` polled until it shows) against each base meanwhile."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def probe_all() -> None:
+        await asyncio.gather(*(items_bench.lag_probe(base, stop) for base in bases))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = pool.submit(loop.run_until_complete, probe_all())
+        try:
+            yield
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            done.result()
+            loop.close()
+
+
+def measure_items_mix(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
+    """The 90/10 list/update mix, each side a whole pipeline of its own: API, relay and audit on its own database,
+    cache prefix, stream and ClickHouse table. Measured without, then with, the lag probe on each side."""
+    settings = {side: items_bench.bench_settings(secrets.token_hex(3)) for side in MIX_PORTS}
+    try:
+        with contextlib.ExitStack() as stack:
+            for side, port in MIX_PORTS.items():
+                asyncio.run(items_bench.migrate(settings[side]))
+                env = items_bench.env_for(settings[side])
+                stack.enter_context(running(trees[side], ["orderly", "items", "api", "--port", str(port)], env, port))
+                stack.enter_context(running(trees[side], ["orderly", "items", "relay"], env))
+                stack.enter_context(running(trees[side], ["orderly", "items", "audit"], env))
+            bases = [f"http://127.0.0.1:{port}" for port in MIX_PORTS.values()]
+            for base in bases:
+                asyncio.run(items_bench.seed(base))
+            with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+                script.write(items_bench.MIX_LUA)
+                script.flush()
+                mix = urls("/", MIX_PORTS)
+                return {
+                    "items-mix": paired(mix, pairs=pairs, seconds=seconds, script=script.name, together=together),
+                    "items-mix-probe": paired(
+                        mix,
+                        pairs=pairs,
+                        seconds=seconds,
+                        script=script.name,
+                        together=together,
+                        alongside=lambda: lag_probes(bases),
+                    ),
+                }
+    finally:
+        for one in settings.values():
+            asyncio.run(items_bench.drop(one))
+
+
 def render(
     base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int, together: bool
 ) -> str:
@@ -172,6 +242,8 @@ def render(
         "ingest": "ingest `GET /ingest`, 1 process",
         "items-cached": "items `GET /items/list`, cached page",
         "items-writes": "items writes (20 % create, 80 % update)",
+        "items-mix": "items 90/10 list/update mix, own relay and audit per side",
+        "items-mix-probe": "the same mix with the change-log lag probe on each side",
     }
     for target, r in results.items():
         flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
@@ -194,13 +266,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--targets",
-        default="hello,ingest,items",
-        help="comma-separated, of hello, ingest, items (default: all)",
+        default=",".join(TARGETS),
+        help=f"comma-separated, of {', '.join(TARGETS)} (default: all)",
     )
     args = parser.parse_args()
     targets = set(args.targets.split(","))
-    if not targets or not targets <= {"hello", "ingest", "items"}:
-        parser.error(f"--targets takes hello, ingest and items, not {args.targets!r}")
+    if not targets or not targets <= set(TARGETS):
+        parser.error(f"--targets takes {', '.join(TARGETS)}, not {args.targets!r}")
 
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
@@ -215,6 +287,8 @@ def main() -> int:
         results["ingest"] = measure_ingest(trees, **how)
     if "items" in targets:
         results |= measure_items(trees, **how)
+    if "items-mix" in targets:
+        results |= measure_items_mix(trees, **how)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "head": head, **how, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
