@@ -17,7 +17,11 @@ Targets, each served from its revision's worktree (as `bench.ab` makes them, wit
   mix (one in five a create, the rest updates), both APIs on one database and cache, no relay or audit running;
 - ``items-mix`` (``items-mix`` and ``items-mix-probe``): the bench's 90/10 list/update mix, each side with its own
   API, relay and audit on a database, stream and ClickHouse table of its own; then the same with the bench's
-  change-log lag probe running against each side during every burst.
+  change-log lag probe running against each side during every burst;
+- ``sums``: ``GET /sum`` of one batched sums instance per side, each on its own MySQL database and Redis prefix, with
+  the bench's load (90 % new keys, 10 % repeats of a recent one; a 409 for a repeat still in flight is an answer);
+- ``loms``: ``POST /order/create`` of one loms API process per side, each on its own PostgreSQL database (stock
+  reserved and the outbox event written in one transaction; no relay runs).
 
 Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/benchmarks.md by ``bench/render.py``).
 """
@@ -28,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -44,12 +49,14 @@ import httpx
 
 from bench import ingest as ingest_bench
 from bench import items as items_bench
+from bench import sums as sums_bench
 from bench.ab import RESULTS, TOLERANCE, checkout, revisions_parser, share_harness
+from bench.databases import drop_postgres_database
 from bench.ingest import wait_ready, wrk
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
-TARGETS = ("hello", "ingest", "items", "items-mix")
+TARGETS = ("hello", "ingest", "items", "items-mix", "sums", "loms")
 
 
 @contextmanager
@@ -84,13 +91,15 @@ def paired(
     script: str | None = None,
     together: bool = False,
     alongside: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    accept_non_2xx: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """``pairs`` bursts of each side; B / A per pair.
 
     Alternating (the default): A and B back to back, the order swapped every pair. ``together``: both sides loaded
     at the same time by a wrk each (one thread each), the starting order swapped every pair. Then both share every
     instant's noise, and each server's rate is what its CPU cost per request buys out of an even share of the
-    machine. ``alongside`` is entered around each pair's bursts (the items mix's lag probes).
+    machine. ``alongside`` is entered around each pair's bursts (the items mix's lag probes, the sums keys' tag).
+    A burst with non-2xx answers fails the run unless ``accept_non_2xx`` finds them expected in wrk's output.
     """
     rates: dict[str, list[float]] = {"A": [], "B": []}
     for index in range(pairs):
@@ -106,7 +115,7 @@ def paired(
             else:
                 results = {side: wrk(urls[side], seconds=seconds, connections=50, script=script) for side in order}
         for side, result in results.items():
-            if result["non_2xx"]:
+            if result["non_2xx"] and not (accept_non_2xx and accept_non_2xx(result["raw"])):
                 raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
             rates[side].append(result["req_per_s"])
     ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
@@ -225,6 +234,118 @@ def measure_items_mix(trees: dict[str, Path], *, pairs: int, seconds: int, toget
             asyncio.run(items_bench.drop(one))
 
 
+SUMS_PORTS = {"A": 18195, "B": 18196}
+
+
+@contextmanager
+def fresh_sums_keys() -> Iterator[None]:
+    """A key namespace of its own for a pair's bursts (sums_wrk.lua reads ``SUMS_TAG``): every pair sends new keys."""
+    os.environ["SUMS_TAG"] = f"p{secrets.token_hex(4)}"
+    yield
+
+
+def sums_busy_only(raw: str) -> bool:
+    """sums_wrk.lua's summary: the only non-2xx answers were 409 (a repeat of a key still in flight), no errors."""
+    found = re.search(r"RESULT (\{.*\})", raw)
+    if found is None:
+        return False
+    summary = json.loads(found[1])
+    return bool(summary["other"] == 0 and summary["socket_errors"] == 0)
+
+
+def measure_sums(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
+    """``GET /sum`` of one batched sums instance per side, each on a MySQL database and Redis prefix of its own,
+    migrated by its own revision; the bench's load (90 % new keys, 10 % repeats of recent ones)."""
+    envs = {
+        side: {
+            "ORDERLY_MYSQL__DATABASE": f"bench_sums_ab_{side.lower()}_{secrets.token_hex(3)}",
+            "ORDERLY_REDIS__KEY_PREFIX": f"bench:ab{side}{secrets.token_hex(3)}:",
+            "ORDERLY_LOG__LEVEL": "WARNING",
+        }
+        for side in SUMS_PORTS
+    }
+    os.environ["SUMS_REQUESTS"] = str(10**9)  # the burst's duration ends it, not a count
+    try:
+        for side, env in envs.items():
+            python = str(trees[side] / ".venv" / "bin" / "python")
+            subprocess.run(
+                [python, "-m", "orderly", "sums", "migrate"],
+                cwd=trees[side],
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+            )
+        with contextlib.ExitStack() as stack:
+            for side, port in SUMS_PORTS.items():
+                args = ["orderly", "sums", "api", "--port", str(port), "--mode", "batched"]
+                stack.enter_context(running(trees[side], args, envs[side], port))
+            script = str(Path(sums_bench.__file__).parent / "sums_wrk.lua")
+            return {
+                "sums": paired(
+                    urls("", SUMS_PORTS),
+                    pairs=pairs,
+                    seconds=seconds,
+                    script=script,
+                    together=together,
+                    alongside=fresh_sums_keys,
+                    accept_non_2xx=sums_busy_only,
+                )
+            }
+    finally:
+        for env in envs.values():
+            settings = InfraSettings()
+            settings = settings.model_copy(
+                update={
+                    "mysql": settings.mysql.model_copy(update={"database": env["ORDERLY_MYSQL__DATABASE"]}),
+                    "redis": settings.redis.model_copy(update={"key_prefix": env["ORDERLY_REDIS__KEY_PREFIX"]}),
+                }
+            )
+            asyncio.run(sums_bench.drop_database(settings))
+
+
+LOMS_PORTS = {"A": 18197, "B": 18198}
+LOMS_CREATE_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil,
+    '{"user":' .. (counter % 1000 + 1) .. ',"items":[{"sku":' .. (1001 + counter % 20) .. ',"count":1}]}')
+end
+"""
+
+
+def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
+    """``POST /order/create`` (a reservation and an outbox event in one transaction) of one loms API process per
+    side, each on a PostgreSQL database of its own, migrated and stocked by its own revision; no relay runs."""
+    databases = {side: f"bench_loms_ab_{side.lower()}_{secrets.token_hex(3)}" for side in LOMS_PORTS}
+    envs = {side: {"ORDERLY_POSTGRES__DATABASE": db, "ORDERLY_LOG__LEVEL": "WARNING"} for side, db in databases.items()}
+    try:
+        for side, env in envs.items():
+            python = str(trees[side] / ".venv" / "bin" / "python")
+            subprocess.run(
+                [python, "-m", "orderly", "loms", "migrate"],
+                cwd=trees[side],
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+            )
+        with contextlib.ExitStack() as stack:
+            for side, port in LOMS_PORTS.items():
+                args = ["orderly", "loms", "api", "--port", str(port), "--workers", "1"]
+                stack.enter_context(running(trees[side], args, envs[side], port))
+            with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+                script.write(LOMS_CREATE_LUA)
+                script.flush()
+                create = urls("/order/create", LOMS_PORTS)
+                return {"loms": paired(create, pairs=pairs, seconds=seconds, script=script.name, together=together)}
+    finally:
+        postgres = InfraSettings().postgres
+        for database in databases.values():
+            asyncio.run(drop_postgres_database(postgres, database))
+
+
 def render(
     base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int, together: bool
 ) -> str:
@@ -244,6 +365,8 @@ def render(
         "items-writes": "items writes (20 % create, 80 % update)",
         "items-mix": "items 90/10 list/update mix, own relay and audit per side",
         "items-mix-probe": "the same mix with the change-log lag probe on each side",
+        "sums": "sums `GET /sum`, batched, 1 instance",
+        "loms": "loms `POST /order/create`, 1 process",
     }
     for target, r in results.items():
         flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
@@ -289,6 +412,10 @@ def main() -> int:
         results |= measure_items(trees, **how)
     if "items-mix" in targets:
         results |= measure_items_mix(trees, **how)
+    if "sums" in targets:
+        results |= measure_sums(trees, **how)
+    if "loms" in targets:
+        results |= measure_loms(trees, **how)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "head": head, **how, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
