@@ -6,9 +6,12 @@ Each revision gets a detached worktree with its own environment under ``.stack/a
 measured by one harness, B's: its ``bench/`` files are copied over A's before the first run, so that a fix to a
 benchmark (or a defect in an old one) cannot pass for a change in the code. The targets run alternately (A then B
 for one service, B then A for the next, swapped each round) so that drift of a noisy machine does not always favour
-one side. The figures compared are the throughputs and the ratios that docs/benchmarks.md reports; a figure of
-B below 95 % of A's is flagged. Results: bench/results/ab.json and bench/results/ab.md (rendered into
-docs/benchmarks.md by ``bench/render.py``).
+one side. The figures compared are the throughputs that docs/benchmarks.md reports, and the ratios of one of ours
+to a ceiling measured beside it in the same run (the raw publish, the hello-world app, the relay's slower raw half),
+which take some of the machine's drift out. A figure of B below 95 % of A's is flagged. Ratios of two of our own
+paths (batched drain / batch 1, cached / uncached list, batched / reference sums) are not compared: both figures
+are, and such a ratio falls when its denominator gets faster. Results: bench/results/ab.json and
+bench/results/ab.md (rendered into docs/benchmarks.md by ``bench/render.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ def _ingest(r: dict[str, Any]) -> Figures:
         "worker drain, batch 500, req/s": drain[500],
         "worker drain, batch 1, req/s": drain[1],
         "ratio: API (1 process) / raw publish": r["api"][0]["accepted_req_per_s"] / r["raw"]["publish_msg_per_s"],
-        "ratio: batched drain / batch 1": drain[500] / drain[1],
         "ratio: batched drain / raw consume": drain[500] / r["raw"]["consume_msg_per_s"],
     }
     return out
@@ -51,8 +53,6 @@ def _sums(r: dict[str, Any]) -> Figures:
     modes = {s["mode"]: s["req_per_s"] for s in r["services"]}
     out = {f"{mode}, req/s": rate for mode, rate in modes.items()}
     out |= {f"SQL only: {loop['mode']}, tx/s": loop["tx_per_s"] for loop in r["loops"]}
-    if "batched" in modes and "reference" in modes:
-        out["ratio: batched / reference"] = modes["batched"] / modes["reference"]
     return out
 
 
@@ -62,7 +62,6 @@ def _items(r: dict[str, Any]) -> Figures:
         "GET /items/list uncached, req/s": r["list_uncached"]["rps"],
         "90 % list / 10 % update, req/s": r["mix_90_10"]["rps"],
         "hello-world ceiling, req/s": r["hello_world"]["rps"],
-        "ratio: cached / uncached": r["list_cached"]["rps"] / r["list_uncached"]["rps"],
         "ratio: cached / hello-world": r["list_cached"]["rps"] / r["hello_world"]["rps"],
     }
     if "write_load" in r:

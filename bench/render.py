@@ -136,13 +136,14 @@ def main() -> int:
             if text.startswith("#"):  # the section heading is ours
                 text = text.split("\n", 1)[1].strip() if "\n" in text else ""
             parts += [text, ""]
-    ab = RESULTS / "ab.md"
-    if ab.exists():
-        parts += ["## A/B: two revisions in one run (`make bench-ab`)", "", ab.read_text().strip(), ""]
     paired = RESULTS / "ab_paired.md"
     if paired.exists():
-        heading = "## Paired A/B of the HTTP hot paths (`make bench-ab-paired`)"
+        heading = "## A/B of record: both revisions serving side by side (`make bench-ab-paired`)"
         parts += [heading, "", paired.read_text().strip(), ""]
+    ab = RESULTS / "ab.md"
+    if ab.exists():
+        heading = "## A/B of whole benches, one revision after the other (`make bench-ab`)"
+        parts += [heading, "", ab.read_text().strip(), ""]
     if not found:
         print("no results yet: run a bench-* target first", file=sys.stderr)
         return 1
