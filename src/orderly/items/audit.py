@@ -230,7 +230,7 @@ async def run_audit(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool 
                         batcher = await _subscribe(js, settings)
                     batch = await batcher.collect()
                 except Exception as exc:
-                    if await retry.wait(exc, dependency="nats"):
+                    if await retry.wait(exc, dependency="nats", address=settings.nats.address()):
                         return
                     continue
                 if not batch:
@@ -243,7 +243,7 @@ async def run_audit(settings: ItemsSettings, shutdown: Shutdown, *, burst: bool 
                 except Exception as exc:
                     # A park JetStream did not take: the unacked messages come back after the ack wait. (A permanent
                     # fault of ClickHouse or NATS stops the process; anything else unknown is re-raised.)
-                    if await retry.wait(exc, dependency="nats"):
+                    if await retry.wait(exc, dependency="nats", address=settings.nats.address()):
                         return
     finally:
         await asyncio.to_thread(changelog.close)

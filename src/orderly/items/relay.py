@@ -58,6 +58,7 @@ async def nats_until_connected(settings: ItemsSettings, retry: Retry) -> AsyncIt
                 disconnected_cb=quiet_nats_callback,
             ),
             dependency="nats",
+            address=settings.nats.address(),
         )
     try:
         yield nc

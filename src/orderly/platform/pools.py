@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from clickhouse_driver import Client as ClickHouseClient
     from nats.aio.client import Client as NatsClient
 
-from orderly.platform.errors import Transient, classify
+from orderly.platform.errors import DependencyUnavailableError, Transient, classify
 from orderly.platform.logging import RepeatFilter
 from orderly.platform.settings import (
     ClickHouseSettings,
@@ -122,9 +122,15 @@ async def quiet_nats_callback(*_args: object) -> None:
 
 @asynccontextmanager
 async def nats_connection(settings: NatsSettings, **kwargs: Any) -> AsyncIterator[NatsClient]:
+    """A NATS client until the block ends. A first connect that finds no server raises DependencyUnavailableError
+    naming the address (nats-py's own error does not say where it tried)."""
     import nats
+    import nats.errors
 
-    client = await nats.connect(settings.url(), **kwargs)
+    try:
+        client = await nats.connect(settings.url(), **kwargs)
+    except nats.errors.NoServersError as exc:
+        raise DependencyUnavailableError("nats", f"no server answered at {settings.address()}") from exc
     try:
         yield client
     finally:

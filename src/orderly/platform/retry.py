@@ -2,8 +2,9 @@
 
 A loop that needs servers wraps its attempts in a ``Retry``. After a failed attempt it calls ``wait(exc)``:
 
-* a **transient** fault marks its dependency down (one WARNING line, ``postgres unavailable: <reason>; retrying``),
-  then sleeps the next backoff delay (``first`` doubling up to ``cap``) unless a stop comes first;
+* a **transient** fault marks its dependency down (one WARNING line, ``postgres unavailable: <reason>; retrying``,
+  or ``nats at 127.0.0.1:24222 unavailable: …`` when the caller names the address its error does not), then
+  sleeps the next backoff delay (``first`` doubling up to ``cap``) unless a stop comes first;
 * a **permanent** fault raises ``PermanentError`` (the process exits with one line naming the fix);
 * **poison** (or anything unknown) is re-raised for the caller's own rule.
 
@@ -57,16 +58,16 @@ class Retry:
         self._delay = self.first if self._delay == 0 else min(self._delay * 2, self.cap)
         return self._delay
 
-    def failed(self, fault: Transient) -> None:
-        """Note a transient fault; logs only when its dependency was not already known to be down."""
+    def failed(self, fault: Transient, *, address: str | None = None) -> None:
+        """Note a transient fault; logs only when its dependency was not already known to be down.
+
+        ``address`` (host:port, never a URL with credentials) is for errors that do not say where they went, such as
+        nats-py's "no servers available for connection"."""
         if fault.dependency not in self._down:
             self._down[fault.dependency] = time.monotonic()
-            self._log.warning(
-                "%s unavailable: %s; retrying",
-                fault.dependency,
-                fault.reason,
-                extra={"dependency": fault.dependency, "error": fault.reason},
-            )
+            where = f"{fault.dependency} at {address}" if address else fault.dependency
+            extra = {"dependency": fault.dependency, "error": fault.reason} | ({"address": address} if address else {})
+            self._log.warning("%s unavailable: %s; retrying", where, fault.reason, extra=extra)
 
     def ok(self) -> None:
         """An attempt succeeded: log each dependency that is back, and start the backoff over."""
@@ -83,23 +84,25 @@ class Retry:
             )
         self._down.clear()
 
-    async def wait(self, exc: BaseException, *, dependency: str | None = None) -> bool:
+    async def wait(self, exc: BaseException, *, dependency: str | None = None, address: str | None = None) -> bool:
         """After a failed attempt (call it from the ``except`` block): True when a stop came during the wait."""
         fault = classify(exc, dependency=dependency or self.dependency)
         if isinstance(fault, Permanent):
             raise PermanentError(fault) from exc
         if isinstance(fault, Poison):
             raise exc
-        self.failed(fault)
+        self.failed(fault, address=address)
         return await self.shutdown.sleep(self.next_delay())
 
-    async def call(self, attempt: Callable[[], Awaitable[T]], *, dependency: str | None = None) -> T:
+    async def call(
+        self, attempt: Callable[[], Awaitable[T]], *, dependency: str | None = None, address: str | None = None
+    ) -> T:
         """``attempt()`` until it succeeds; raises ``StoppedError`` when a stop came while waiting."""
         while True:
             try:
                 result = await attempt()
             except Exception as exc:
-                if await self.wait(exc, dependency=dependency):
+                if await self.wait(exc, dependency=dependency, address=address):
                     raise StoppedError from exc
                 continue
             self.ok()

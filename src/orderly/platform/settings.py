@@ -109,6 +109,10 @@ class NatsSettings(BaseModel):
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    def address(self) -> str:
+        """host:port, for log lines (nats-py's connect errors do not say where they tried)."""
+        return f"{self.host}:{self.port}"
+
 
 class ClickHouseSettings(BaseModel):
     host: str = Field(default=LOOPBACK, description="ClickHouse host")

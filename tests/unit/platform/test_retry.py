@@ -7,6 +7,7 @@ import logging
 import time
 
 import asyncpg
+import nats.errors
 import pytest
 
 from orderly.platform.errors import PermanentError
@@ -40,6 +41,26 @@ async def test_an_outage_logs_one_line_down_and_one_line_back_whatever_the_attem
     assert logged[1].startswith("postgres reachable again after ")
     assert logged[1].endswith(" s")
     assert retry.down == ()
+
+
+async def test_an_error_that_does_not_say_where_is_logged_with_the_address_the_caller_gives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    retry = Retry(Shutdown(), first=0.001, cap=0.002)
+    failures = iter([nats.errors.NoServersError(), nats.errors.NoServersError(), None])
+
+    async def attempt() -> None:
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+
+    await retry.call(attempt, dependency="nats", address="127.0.0.1:24222")
+    down = [r for r in caplog.records if r.name == "orderly.platform.retry" and r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in down] == [
+        "nats at 127.0.0.1:24222 unavailable: nats: no servers available for connection; retrying"
+    ]
+    assert down[0].address == "127.0.0.1:24222"
 
 
 async def test_the_backoff_doubles_to_its_cap_and_starts_over_after_a_success() -> None:
