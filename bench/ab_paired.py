@@ -12,7 +12,8 @@ few seconds falls out of each ratio, faster drift does not.
 
 Targets, each served from its revision's worktree (as `bench.ab` makes them, with B's harness):
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
-- ``ingest``: ``GET /ingest`` of the ingest API with one process, publishing to RabbitMQ with confirms;
+- ``ingest`` (``ingest`` and ``ingest-2``): ``GET /ingest`` of the ingest API with one process, then with two,
+  publishing to RabbitMQ with confirms;
 - ``items`` (``items-cached`` and ``items-writes``): the items API's cached ``GET /items/list`` and the bench's write
   mix (one in five a create, the rest updates), both APIs on one database and cache, no relay or audit running;
 - ``items-mix`` (``items-mix`` and ``items-mix-probe``): the bench's 90/10 list/update mix, each side with its own
@@ -21,7 +22,9 @@ Targets, each served from its revision's worktree (as `bench.ab` makes them, wit
 - ``sums``: ``GET /sum`` of one batched sums instance per side, each on its own MySQL database and Redis prefix, with
   the bench's load (90 % new keys, 10 % repeats of a recent one; a 409 for a repeat still in flight is an answer);
 - ``loms``: ``POST /order/create`` of one loms API process per side, each on its own PostgreSQL database (stock
-  reserved and the outbox event written in one transaction; no relay runs).
+  reserved and the outbox event written in one transaction; no relay runs);
+- ``loms-relay``: the loms relay (``--burst``) draining a 200,000-event outbox into Kafka, each side on its own
+  database and topics; always in turn (A, B, then B, A), since a drain lasts a second or two; at most 10 pairs.
 
 Results: bench/results/ab_paired.json and ab_paired.md (rendered into docs/benchmarks.md by ``bench/render.py``).
 """
@@ -45,18 +48,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from bench import ingest as ingest_bench
 from bench import items as items_bench
+from bench import loms as loms_bench
 from bench import sums as sums_bench
 from bench.ab import RESULTS, TOLERANCE, checkout, revisions_parser, share_harness
 from bench.databases import drop_postgres_database
 from bench.ingest import wait_ready, wrk
+from orderly.loms.kafka_admin import init_topics
+from orderly.loms.schema import migrate as loms_migrate
+from orderly.loms.settings import LomsSettings
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
-TARGETS = ("hello", "ingest", "items", "items-mix", "sums", "loms")
+TARGETS = ("hello", "ingest", "items", "items-mix", "sums", "loms", "loms-relay")
 
 
 @contextmanager
@@ -145,12 +153,17 @@ def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int, together:
 
 
 def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
+    """``GET /ingest`` with one API process per side, then with two."""
     infra = InfraSettings()
     settings = asyncio.run(ingest_bench.prepare(infra))
+    results: dict[str, Any] = {}
     try:
-        args = ["orderly", "ingest", "api", "--port", "{port}", "--workers", "1"]
-        with both(trees, args, ingest_bench.env_for(settings)):
-            return paired(urls("/ingest?n=7&n=-3&n=42"), pairs=pairs, seconds=seconds, together=together)
+        for workers, target in ((1, "ingest"), (2, "ingest-2")):
+            args = ["orderly", "ingest", "api", "--port", "{port}", "--workers", str(workers)]
+            with both(trees, args, ingest_bench.env_for(settings)):
+                url = urls("/ingest?n=7&n=-3&n=42")
+                results[target] = paired(url, pairs=pairs, seconds=seconds, together=together)
+        return results
     finally:
         asyncio.run(ingest_bench.cleanup(infra))
 
@@ -346,6 +359,67 @@ def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
             asyncio.run(drop_postgres_database(postgres, database))
 
 
+RELAY_EVENTS = 200_000
+RELAY_BATCH = 5_000
+
+
+def relay_drain(tree: Path, settings: LomsSettings) -> float:
+    """Events per second of one ``orderly loms relay --burst`` from ``tree`` draining a fresh outbox backlog (its own
+    figure: first claim to last delete, as `bench.loms` reads it)."""
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(settings.postgres.dsn())
+        try:
+            await loms_bench.fill(conn, RELAY_EVENTS, first_order=secrets.randbelow(10**9))
+        finally:
+            await conn.close()
+
+    asyncio.run(fill())
+    env = {**os.environ, **loms_bench.env_for(settings, ORDERLY_LOG__LEVEL="INFO")}
+    args = ["-m", "orderly", "loms", "relay", "--burst", "--batch-size", str(RELAY_BATCH)]
+    python = str(tree / ".venv" / "bin" / "python")
+    done = subprocess.run([python, *args], check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the relay of {tree.name} exited {done.returncode}: {done.stderr[-2000:]}")
+    [line] = [json.loads(x) for x in done.stderr.splitlines() if "relay burst done" in x]
+    if line["published"] != RELAY_EVENTS:
+        raise RuntimeError(f"the relay of {tree.name} published {line['published']} of {RELAY_EVENTS}")
+    return RELAY_EVENTS / float(line["drain_s"])
+
+
+def measure_loms_relay(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
+    """The loms relay draining a 200,000-event outbox into Kafka, each side on its own database and topics, in turn
+    (A, B, then B, A: a drain is a second or two, and two started together would not overlap evenly)."""
+    del seconds, together  # a drain takes as long as it takes; always in turn
+    run = secrets.token_hex(3)
+    base = InfraSettings()
+    settings = {
+        side: LomsSettings(
+            postgres=base.postgres.model_copy(update={"database": f"bench_relay_{side.lower()}_{run}"}),
+            kafka=base.kafka.model_copy(update={"topic_prefix": f"bench.{run}.{side.lower()}."}),
+        )
+        for side in ("A", "B")
+    }
+    rates: dict[str, list[float]] = {"A": [], "B": []}
+    try:
+        for one in settings.values():
+            asyncio.run(loms_migrate(one.postgres))
+            init_topics(one)
+        for index in range(min(pairs, 10)):
+            for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
+                rates[side].append(relay_drain(trees[side], settings[side]))
+    finally:
+        for one in settings.values():
+            asyncio.run(drop_postgres_database(base.postgres, one.postgres.database))
+    ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
+    return {
+        "A_req_per_s": rates["A"],
+        "B_req_per_s": rates["B"],
+        "ratios": [round(r, 4) for r in ratios],
+        "median_ratio": statistics.median(ratios),
+    }
+
+
 def render(
     base: str, head: str, results: dict[str, dict[str, Any]], *, pairs: int, seconds: int, together: bool
 ) -> str:
@@ -367,6 +441,8 @@ def render(
         "items-mix-probe": "the same mix with the change-log lag probe on each side",
         "sums": "sums `GET /sum`, batched, 1 instance",
         "loms": "loms `POST /order/create`, 1 process",
+        "ingest-2": "ingest `GET /ingest`, 2 processes",
+        "loms-relay": "loms relay draining 200,000 outbox events to Kafka (events/s; in turn)",
     }
     for target, r in results.items():
         flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
@@ -407,7 +483,7 @@ def main() -> int:
     if "hello" in targets:
         results["hello"] = measure_hello(trees, **how)
     if "ingest" in targets:
-        results["ingest"] = measure_ingest(trees, **how)
+        results |= measure_ingest(trees, **how)
     if "items" in targets:
         results |= measure_items(trees, **how)
     if "items-mix" in targets:
@@ -416,6 +492,8 @@ def main() -> int:
         results |= measure_sums(trees, **how)
     if "loms" in targets:
         results |= measure_loms(trees, **how)
+    if "loms-relay" in targets:
+        results["loms-relay"] = measure_loms_relay(trees, **how)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "head": head, **how, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
