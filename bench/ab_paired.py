@@ -22,7 +22,9 @@ Targets, each served from its revision's worktree (as `bench.ab` makes them, wit
 - ``sums``: ``GET /sum`` of one batched sums instance per side, each on its own MySQL database and Redis prefix, with
   the bench's load (90 % new keys, 10 % repeats of a recent one; a 409 for a repeat still in flight is an answer);
 - ``loms``: ``POST /order/create`` of one loms API process per side, each on its own PostgreSQL database (stock
-  reserved and the outbox event written in one transaction; no relay runs);
+  reserved and the outbox event written in one transaction; no relay runs). Its rate is set by PostgreSQL's row
+  locks and WAL flushes, which both sides share (a pair's B / A of orders per second ranged 0.38 to 2.19), so it
+  compares orders per CPU-second of each side's API process instead;
 - ``loms-relay``: the loms relay (``--burst``) draining a 200,000-event outbox into Kafka, each side on its own
   database and topics; always in turn (A, B, then B, A), since a drain lasts a second or two; at most 10 pairs.
 
@@ -58,6 +60,7 @@ from bench import sums as sums_bench
 from bench.ab import RESULTS, TOLERANCE, checkout, revisions_parser, share_harness
 from bench.databases import drop_postgres_database
 from bench.ingest import wait_ready, wrk
+from bench.mix_cpu import cpu_seconds
 from orderly.loms.kafka_admin import init_topics
 from orderly.loms.schema import migrate as loms_migrate
 from orderly.loms.settings import LomsSettings
@@ -68,7 +71,9 @@ TARGETS = ("hello", "ingest", "items", "items-mix", "sums", "loms", "loms-relay"
 
 
 @contextmanager
-def running(tree: Path, args: list[str], env: dict[str, str], port: int | None = None) -> Iterator[None]:
+def running(
+    tree: Path, args: list[str], env: dict[str, str], port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m <args>`` from ``tree``'s own environment (ready once ``port`` answers, if given) until the block
     ends."""
     proc = subprocess.Popen(
@@ -81,7 +86,7 @@ def running(tree: Path, args: list[str], env: dict[str, str], port: int | None =
     try:
         if port is not None:
             wait_ready(port)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -100,6 +105,7 @@ def paired(
     together: bool = False,
     alongside: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
     accept_non_2xx: Callable[[str], bool] | None = None,
+    per_cpu_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """``pairs`` bursts of each side; B / A per pair.
 
@@ -108,10 +114,16 @@ def paired(
     instant's noise, and each server's rate is what its CPU cost per request buys out of an even share of the
     machine. ``alongside`` is entered around each pair's bursts (the items mix's lag probes, the sums keys' tag).
     A burst with non-2xx answers fails the run unless ``accept_non_2xx`` finds them expected in wrk's output.
+
+    ``per_cpu_of`` (a process per side) compares requests per CPU-second of that process and its children instead of
+    requests per second: for a path whose rate is set by something both sides share (loms: PostgreSQL's row locks
+    and WAL flushes), not by its own CPU.
     """
     rates: dict[str, list[float]] = {"A": [], "B": []}
+    per_cpu: dict[str, list[float]] = {"A": [], "B": []}
     for index in range(pairs):
         order = ("A", "B") if index % 2 == 0 else ("B", "A")
+        cpu_before = {side: cpu_seconds(pid) for side, pid in (per_cpu_of or {}).items()}
         with alongside():
             if together:
                 with ThreadPoolExecutor(max_workers=2) as pool:
@@ -126,10 +138,14 @@ def paired(
             if result["non_2xx"] and not (accept_non_2xx and accept_non_2xx(result["raw"])):
                 raise RuntimeError(f"{side}: {result['non_2xx']} non-2xx answers from {urls[side]}")
             rates[side].append(result["req_per_s"])
-    ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
+            if per_cpu_of:
+                per_cpu[side].append(result["requests"] / (cpu_seconds(per_cpu_of[side]) - cpu_before[side]))
+    compared = per_cpu if per_cpu_of else rates
+    ratios = [b / a for a, b in zip(compared["A"], compared["B"], strict=True)]
     return {
         "A_req_per_s": rates["A"],
         "B_req_per_s": rates["B"],
+        **({"A_req_per_cpu_s": per_cpu["A"], "B_req_per_cpu_s": per_cpu["B"]} if per_cpu_of else {}),
         "ratios": [round(r, 4) for r in ratios],
         "median_ratio": statistics.median(ratios),
     }
@@ -345,14 +361,16 @@ def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
                 capture_output=True,
             )
         with contextlib.ExitStack() as stack:
+            pids = {}
             for side, port in LOMS_PORTS.items():
                 args = ["orderly", "loms", "api", "--port", str(port), "--workers", "1"]
-                stack.enter_context(running(trees[side], args, envs[side], port))
+                pids[side] = stack.enter_context(running(trees[side], args, envs[side], port)).pid
             with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
                 script.write(LOMS_CREATE_LUA)
                 script.flush()
                 create = urls("/order/create", LOMS_PORTS)
-                return {"loms": paired(create, pairs=pairs, seconds=seconds, script=script.name, together=together)}
+                how = {"pairs": pairs, "seconds": seconds, "together": together}
+                return {"loms": paired(create, script=script.name, per_cpu_of=pids, **how)}  # type: ignore[arg-type]
     finally:
         postgres = InfraSettings().postgres
         for database in databases.values():
@@ -440,13 +458,14 @@ def render(
         "items-mix": "items 90/10 list/update mix, own relay and audit per side",
         "items-mix-probe": "the same mix with the change-log lag probe on each side",
         "sums": "sums `GET /sum`, batched, 1 instance",
-        "loms": "loms `POST /order/create`, 1 process",
+        "loms": "loms `POST /order/create`, 1 process (orders per API CPU-second)",
         "ingest-2": "ingest `GET /ingest`, 2 processes",
         "loms-relay": "loms relay draining 200,000 outbox events to Kafka (events/s; in turn)",
     }
     for target, r in results.items():
         flag = " ⚠" if r["median_ratio"] < TOLERANCE else ""
-        a, b = statistics.median(r["A_req_per_s"]), statistics.median(r["B_req_per_s"])
+        unit = "req_per_cpu_s" if "A_req_per_cpu_s" in r else "req_per_s"
+        a, b = statistics.median(r[f"A_{unit}"]), statistics.median(r[f"B_{unit}"])
         spread = f"{min(r['ratios']):.2f} to {max(r['ratios']):.2f}"
         lines.append(f"| {names[target]} | {a:,.0f} | {b:,.0f} | {r['median_ratio']:.3f}{flag} | {spread} |")
     return "\n".join(lines) + "\n"
