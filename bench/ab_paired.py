@@ -141,14 +141,31 @@ def paired(
             if per_cpu_of:
                 per_cpu[side].append(result["requests"] / (cpu_seconds(per_cpu_of[side]) - cpu_before[side]))
     compared = per_cpu if per_cpu_of else rates
-    ratios = [b / a for a, b in zip(compared["A"], compared["B"], strict=True)]
     return {
         "A_req_per_s": rates["A"],
         "B_req_per_s": rates["B"],
         **({"A_req_per_cpu_s": per_cpu["A"], "B_req_per_cpu_s": per_cpu["B"]} if per_cpu_of else {}),
-        "ratios": [round(r, 4) for r in ratios],
-        "median_ratio": statistics.median(ratios),
+        **pair_ratios(compared),
     }
+
+
+def pair_ratios(figures: dict[str, list[float]]) -> dict[str, Any]:
+    """B / A of each pair, and their median (the figure of record)."""
+    ratios = [b / a for a, b in zip(figures["A"], figures["B"], strict=True)]
+    return {"ratios": [round(r, 4) for r in ratios], "median_ratio": statistics.median(ratios)}
+
+
+def migrate_each(trees: dict[str, Path], service: str, envs: dict[str, dict[str, str]]) -> None:
+    """``orderly <service> migrate`` of each side's own revision, with that side's environment."""
+    for side, env in envs.items():
+        python = str(trees[side] / ".venv" / "bin" / "python")
+        subprocess.run(
+            [python, "-m", "orderly", service, "migrate"],
+            cwd=trees[side],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
 
 
 def both(trees: dict[str, Path], args: list[str], env: dict[str, str]) -> contextlib.ExitStack:
@@ -295,15 +312,7 @@ def measure_sums(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
     }
     os.environ["SUMS_REQUESTS"] = str(10**9)  # the burst's duration ends it, not a count
     try:
-        for side, env in envs.items():
-            python = str(trees[side] / ".venv" / "bin" / "python")
-            subprocess.run(
-                [python, "-m", "orderly", "sums", "migrate"],
-                cwd=trees[side],
-                env={**os.environ, **env},
-                check=True,
-                capture_output=True,
-            )
+        migrate_each(trees, "sums", envs)
         with contextlib.ExitStack() as stack:
             for side, port in SUMS_PORTS.items():
                 args = ["orderly", "sums", "api", "--port", str(port), "--mode", "batched"]
@@ -333,16 +342,6 @@ def measure_sums(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
 
 
 LOMS_PORTS = {"A": 18197, "B": 18198}
-LOMS_CREATE_LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, nil, nil,
-    '{"user":' .. (counter % 1000 + 1) .. ',"items":[{"sku":' .. (1001 + counter % 20) .. ',"count":1}]}')
-end
-"""
 
 
 def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
@@ -351,22 +350,14 @@ def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
     databases = {side: f"bench_loms_ab_{side.lower()}_{secrets.token_hex(3)}" for side in LOMS_PORTS}
     envs = {side: {"ORDERLY_POSTGRES__DATABASE": db, "ORDERLY_LOG__LEVEL": "WARNING"} for side, db in databases.items()}
     try:
-        for side, env in envs.items():
-            python = str(trees[side] / ".venv" / "bin" / "python")
-            subprocess.run(
-                [python, "-m", "orderly", "loms", "migrate"],
-                cwd=trees[side],
-                env={**os.environ, **env},
-                check=True,
-                capture_output=True,
-            )
+        migrate_each(trees, "loms", envs)
         with contextlib.ExitStack() as stack:
             pids = {}
             for side, port in LOMS_PORTS.items():
                 args = ["orderly", "loms", "api", "--port", str(port), "--workers", "1"]
                 pids[side] = stack.enter_context(running(trees[side], args, envs[side], port)).pid
             with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-                script.write(LOMS_CREATE_LUA)
+                script.write(loms_bench.CREATE_SCRIPT)
                 script.flush()
                 create = urls("/order/create", LOMS_PORTS)
                 how = {"pairs": pairs, "seconds": seconds, "together": together}
@@ -378,7 +369,6 @@ def measure_loms(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
 
 
 RELAY_EVENTS = 200_000
-RELAY_BATCH = 5_000
 
 
 def relay_drain(tree: Path, settings: LomsSettings) -> float:
@@ -394,7 +384,7 @@ def relay_drain(tree: Path, settings: LomsSettings) -> float:
 
     asyncio.run(fill())
     env = {**os.environ, **loms_bench.env_for(settings, ORDERLY_LOG__LEVEL="INFO")}
-    args = ["-m", "orderly", "loms", "relay", "--burst", "--batch-size", str(RELAY_BATCH)]
+    args = ["-m", "orderly", "loms", "relay", "--burst", "--batch-size", str(loms_bench.RELAY_BATCH)]
     python = str(tree / ".venv" / "bin" / "python")
     done = subprocess.run([python, *args], check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -429,13 +419,7 @@ def measure_loms_relay(trees: dict[str, Path], *, pairs: int, seconds: int, toge
     finally:
         for one in settings.values():
             asyncio.run(drop_postgres_database(base.postgres, one.postgres.database))
-    ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
-    return {
-        "A_req_per_s": rates["A"],
-        "B_req_per_s": rates["B"],
-        "ratios": [round(r, 4) for r in ratios],
-        "median_ratio": statistics.median(ratios),
-    }
+    return {"A_req_per_s": rates["A"], "B_req_per_s": rates["B"], **pair_ratios(rates)}
 
 
 def render(
