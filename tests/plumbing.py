@@ -351,6 +351,9 @@ class ScratchStack:
             capture_output=True,
             text=True,
             check=False,
+            # Above the slowest server's start-up deadline (120 s) plus its stop: a hang is named here, not left to
+            # the test's own timeout.
+            timeout=300,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"orderly stack {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")

@@ -46,6 +46,10 @@ class _Receipts(stomp.ConnectionListener):  # type: ignore[misc]
         self.lock = threading.Lock()
         self.waiting: dict[str, threading.Event] = {}
         self.failure = ""
+        self.answered = threading.Event()  # CONNECTED arrived, or the connection failed: connect() waits on it
+
+    def on_connected(self, frame: Any) -> None:  # noqa: ARG002 - stomp.py passes the CONNECTED frame
+        self.answered.set()
 
     def expect(self, receipt: str) -> threading.Event:
         with self.lock:
@@ -62,6 +66,7 @@ class _Receipts(stomp.ConnectionListener):  # type: ignore[misc]
         with self.lock:
             self.failure = self.failure or why
             waiting, self.waiting = self.waiting, {}
+        self.answered.set()
         for event in waiting.values():
             event.set()
 
@@ -92,10 +97,16 @@ class StompSender:
         self._next = 0
 
     def __enter__(self) -> StompSender:
+        # stomp.py's own wait (connect(wait=True)) has no deadline: a broker that accepts the TCP connection and never
+        # answers (one that hangs, or is still starting) would hold the caller forever. Ours is bounded by the timeout.
         try:
-            self.connection.connect(self._user, self._password, wait=True)
+            self.connection.connect(self._user, self._password, wait=False)
         except stomp.exception.StompException as exc:
             raise NotAcceptedError(f"STOMP connect failed: {type(exc).__name__} {self.receipts.failure}") from exc
+        if not self.receipts.answered.wait(self.timeout) or not self.connection.is_connected():
+            why = self.receipts.failure or f"no CONNECTED within {self.timeout:g} s"
+            self.connection.transport.disconnect_socket()
+            raise NotAcceptedError(f"STOMP connect failed: {why}")
         return self
 
     def __exit__(
@@ -103,6 +114,8 @@ class StompSender:
     ) -> None:
         if self.connection.is_connected():
             self.connection.disconnect()
+        else:
+            self.connection.transport.disconnect_socket()  # ends the reader thread of a connection that was lost
 
     def send(self, numbers: Sequence[int], *, token: UUID | None = None) -> UUID:
         """SEND one request and wait for its RECEIPT; raises NotAcceptedError when none comes."""
