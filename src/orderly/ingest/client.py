@@ -9,6 +9,7 @@ sending again with the same token is safe: a token already stored is never store
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -101,7 +102,7 @@ class StompSender:
         # answers (one that hangs, or is still starting) would hold the caller forever. Ours is bounded by the timeout.
         try:
             self.connection.connect(self._user, self._password, wait=False)
-        except stomp.exception.StompException as exc:
+        except (stomp.exception.StompException, OSError) as exc:  # stomp.py re-raises a failed send's socket error
             raise NotAcceptedError(f"STOMP connect failed: {type(exc).__name__} {self.receipts.failure}") from exc
         if not self.receipts.answered.wait(self.timeout) or not self.connection.is_connected():
             why = self.receipts.failure or f"no CONNECTED within {self.timeout:g} s"
@@ -113,9 +114,10 @@ class StompSender:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.connection.is_connected():
-            self.connection.disconnect()
-        else:
-            self.connection.transport.disconnect_socket()  # ends the reader thread of a connection that was lost
+            with contextlib.suppress(stomp.exception.StompException, OSError):  # the broker may be gone already
+                self.connection.disconnect()
+                return
+        self.connection.transport.disconnect_socket()  # ends the reader thread of a connection that was lost
 
     def send(self, numbers: Sequence[int], *, token: UUID | None = None) -> UUID:
         """SEND one request and wait for its RECEIPT; raises NotAcceptedError when none comes."""
@@ -131,7 +133,7 @@ class StompSender:
         headers = {**headers, "persistent": "true", "receipt": receipt}
         try:
             self.connection.send(self.destination, body, content_type="application/json", headers=headers)
-        except stomp.exception.StompException as exc:
+        except (stomp.exception.StompException, OSError) as exc:  # a broker gone mid-send: ConnectionResetError, ...
             raise NotAcceptedError(f"STOMP send failed: {type(exc).__name__}") from exc
         if not arrived.wait(self.timeout) or self.receipts.failure:
             raise NotAcceptedError(f"no RECEIPT for {headers.get('token')}: {self.receipts.failure or 'timed out'}")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,26 +130,33 @@ async def send_stomp_requests(
     """
     ingest = IngestSettings(rabbitmq=settings.rabbitmq, postgres=settings.postgres)
     results: list[Sent] = []
+    # A client that raises stops the others: the pool's exit waits for every thread, and the test's own ``stop``
+    # cannot be set while this coroutine holds the loop there.
+    failed = threading.Event()
 
     def stopped() -> bool:
-        return stop is not None and stop.is_set()
+        return failed.is_set() or (stop is not None and stop.is_set())
 
     def one_client(index: int) -> None:
         i = 0
-        while i < per_client and not stopped():
-            try:
-                with StompSender(ingest, timeout=10) as sender:
-                    while i < per_client and not stopped():
-                        marker = first_marker + index * per_client + i
-                        i += 1
-                        numbers = [marker] + [marker * 10 + k for k in range(marker % 3)]
-                        sent = Sent(marker=marker, numbers=numbers, sent_at=time.perf_counter(), status=-1)
-                        results.append(sent)
-                        sent.token = str(sender.send(numbers))
-                        sent.status = 202
-                        sent.answered_at = time.perf_counter()
-            except NotAcceptedError:
-                time.sleep(0.05)  # pacing of this client's reconnects while the broker is away
+        try:
+            while i < per_client and not stopped():
+                try:
+                    with StompSender(ingest, timeout=10) as sender:
+                        while i < per_client and not stopped():
+                            marker = first_marker + index * per_client + i
+                            i += 1
+                            numbers = [marker] + [marker * 10 + k for k in range(marker % 3)]
+                            sent = Sent(marker=marker, numbers=numbers, sent_at=time.perf_counter(), status=-1)
+                            results.append(sent)
+                            sent.token = str(sender.send(numbers))
+                            sent.status = 202
+                            sent.answered_at = time.perf_counter()
+                except NotAcceptedError:
+                    time.sleep(0.05)  # pacing of this client's reconnects while the broker is away
+        except BaseException:
+            failed.set()
+            raise
 
     # Threads of their own: the loop's default executor has only cpu_count + 4 threads, and clients that outnumber it
     # would starve every other to_thread call of the test (a server restart among them) until they stop.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import aio_pika
 import pytest
 
 from orderly.ingest.broker import REASON_HEADER
-from orderly.ingest.client import StompSender
+from orderly.ingest.client import NotAcceptedError, StompSender
 from orderly.ingest.settings import IngestSettings
 from orderly.platform.settings import InfraSettings
 from tests.e2e.ingest.conftest import (
@@ -98,6 +99,23 @@ async def test_bad_stomp_frames_store_nothing_and_are_dead_lettered_with_their_r
     assert reasons[4].startswith("body is not JSON")
     assert reasons[5].startswith("numbers[0] is not an integer")
     assert reasons[6].startswith(f"duplicate token {good[1]}")
+
+
+async def test_a_send_on_a_connection_that_broke_is_not_accepted_and_raises_nothing_else(namespace: Namespace) -> None:
+    settings, _ = await migrated_settings(namespace, "stompbroken")
+
+    def send_on_a_broken_connection() -> str:
+        with StompSender(IngestSettings(rabbitmq=settings.rabbitmq), timeout=5) as sender:
+            # The socket breaks as a broker restart breaks it: stomp.py's sendall then raises the OSError itself
+            # (EPIPE here, EBADF when its reader closed the socket first), not one of its own exceptions.
+            sender.connection.transport.socket.shutdown(socket.SHUT_WR)
+            try:
+                sender.send([1])
+            except NotAcceptedError as exc:
+                return str(exc)
+        return "accepted"
+
+    assert (await asyncio.to_thread(send_on_a_broken_connection)).startswith("STOMP send failed")
 
 
 async def test_http_and_stomp_clients_come_out_in_real_time_order(namespace: Namespace, processes: Processes) -> None:
