@@ -54,7 +54,7 @@ bench-ab: setup ## A/B in one run: every bench-* target on BASE=<rev> and HEAD=<
 
 .PHONY: bench-ab-paired
 bench-ab-paired: setup ## paired A/B of the HTTP hot paths: both revisions serving side by side, loaded together
-	@test -n "$(BASE)" || { echo "usage: make bench-ab-paired BASE=<rev> [HEAD=<rev>] [PAIRS=N] [ALTERNATE=1] [TARGETS=hello,ingest,items,items-mix,sums,loms,loms-relay]"; exit 2; }
+	@test -n "$(BASE)" || { echo "usage: make bench-ab-paired BASE=<rev> [HEAD=<rev>] [PAIRS=N] [ALTERNATE=1] [TARGETS=hello,ingest,ingest-drain,items,items-uncached,items-mix,sums,loms,loms-relay]"; exit 2; }
 	$(RUN) python -m bench.ab_paired --base "$(BASE)" --head "$(or $(HEAD),HEAD)" $(if $(PAIRS),--pairs "$(PAIRS)") \
 		$(if $(ALTERNATE),--alternate) $(if $(TARGETS),--targets "$(TARGETS)")
 	$(RUN) python bench/render.py

@@ -14,12 +14,19 @@ Targets, each served from its revision's worktree (as `bench.ab` makes them, wit
 - ``hello``: the hello-world app on the platform's HTTP stack (``create_app``, the Edge, FastAPI, granian);
 - ``ingest`` (``ingest`` and ``ingest-2``): ``GET /ingest`` of the ingest API with one process, then with two,
   publishing to RabbitMQ with confirms;
+- ``ingest-drain`` (``ingest-drain`` and ``ingest-drain-1``): the ingest worker (``--burst``) draining a backlog of
+  20,000 requests with batch 500, then of 2,000 with batch 1, each side on a database and vhost of its own; in turn
+  (A, B, then B, A), as ``loms-relay``; at most 10 pairs each;
 - ``items`` (``items-cached`` and ``items-writes``): the items API's cached ``GET /items/list`` and the bench's write
   mix (one in five a create, the rest updates), both APIs on one database and cache, no relay or audit running;
+- ``items-uncached``: the bench's random pages of ``GET /items/list`` (mostly misses), each side's API on a
+  database and cache of its own, so that one side's misses never fill the other's cache, and both caches emptied
+  before every pair;
 - ``items-mix`` (``items-mix`` and ``items-mix-probe``): the bench's 90/10 list/update mix, each side with its own
   API, relay and audit on a database, stream and ClickHouse table of its own; then the same with the bench's
   change-log lag probe running against each side during every burst;
-- ``sums``: ``GET /sum`` of one batched sums instance per side, each on its own MySQL database and Redis prefix, with
+- ``sums`` (``sums`` and ``sums-reference``): ``GET /sum`` of one sums instance per side (batched, then the
+  reference mode, one transaction per request), each on its own MySQL database and Redis prefix, with
   the bench's load (90 % new keys, 10 % repeats of a recent one; a 409 for a repeat still in flight is an answer);
 - ``loms``: ``POST /order/create`` of one loms API process per side, each on its own PostgreSQL database (stock
   reserved and the outbox event written in one transaction; no relay runs). Its rate is set by PostgreSQL's row
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -67,7 +75,7 @@ from orderly.loms.settings import LomsSettings
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
-TARGETS = ("hello", "ingest", "items", "items-mix", "sums", "loms", "loms-relay")
+TARGETS = ("hello", "ingest", "ingest-drain", "items", "items-uncached", "items-mix", "sums", "loms", "loms-relay")
 
 
 @contextmanager
@@ -155,6 +163,15 @@ def pair_ratios(figures: dict[str, list[float]]) -> dict[str, Any]:
     return {"ratios": [round(r, 4) for r in ratios], "median_ratio": statistics.median(ratios)}
 
 
+def in_turn(pairs: int, drain: Callable[[str], float]) -> dict[str, Any]:
+    """At most 10 pairs of ``drain(side)`` (a rate), in turn: A then B, then B then A; B / A per pair."""
+    rates: dict[str, list[float]] = {"A": [], "B": []}
+    for index in range(min(pairs, 10)):
+        for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
+            rates[side].append(drain(side))
+    return {"A_req_per_s": rates["A"], "B_req_per_s": rates["B"], **pair_ratios(rates)}
+
+
 def migrate_each(trees: dict[str, Path], service: str, envs: dict[str, dict[str, str]]) -> None:
     """``orderly <service> migrate`` of each side's own revision, with that side's environment."""
     for side, env in envs.items():
@@ -201,6 +218,62 @@ def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int, together
         asyncio.run(ingest_bench.cleanup(infra))
 
 
+DRAINS = ((500, 20_000, "ingest-drain"), (1, 2_000, "ingest-drain-1"))
+"""(batch size, backlog, target) of the ingest drain pairs: the bench's two drains, on smaller backlogs."""
+
+
+def ingest_drain(tree: Path, settings: InfraSettings, *, batch_size: int, count: int) -> float:
+    """Requests per second of one ``orderly ingest worker --burst`` from ``tree`` draining a fresh backlog of
+    ``count`` requests (first to last ``stored_at``, as `bench.ingest` reads it)."""
+    before, _ = asyncio.run(ingest_bench.max_ids(settings))
+    declare = ingest_bench.queue_declare()
+    asyncio.run(ingest_bench.publish_backlog(settings, ingest_bench.QUEUE, count, declare=declare))
+    python = str(tree / ".venv" / "bin" / "python")
+    args = [python, "-m", "orderly", "ingest", "worker", "--burst", "--batch-size", str(batch_size)]
+    env = {**os.environ, **ingest_bench.env_for(settings)}
+    done = subprocess.run(args, check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the worker of {tree.name} exited {done.returncode}: {done.stderr[-2000:]}")
+    stored, span = asyncio.run(ingest_bench.stored_span(settings, before))
+    if stored != count:
+        raise RuntimeError(f"the worker of {tree.name} stored {stored} of {count}")
+    return stored / span
+
+
+async def pg_execute(settings: InfraSettings, sql: str) -> None:
+    conn = await asyncpg.connect(settings.postgres.dsn())
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def measure_ingest_drain(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
+    """The ingest worker draining a backlog, batched (500) and one at a time, each side on a database and vhost of
+    its own, migrated by its own revision; in turn (A, B, then B, A), as the loms relay; at most 10 pairs each."""
+    del seconds, together  # a drain takes as long as it takes; always in turn
+    infra = InfraSettings()
+    run = secrets.token_hex(3)
+    tags = {side: f"bench_drain_{side.lower()}_{run}" for side in ("A", "B")}
+    results: dict[str, Any] = {}
+    try:
+        settings = {side: asyncio.run(ingest_bench.prepare(infra, tag, migrate=False)) for side, tag in tags.items()}
+        migrate_each(trees, "ingest", {side: ingest_bench.env_for(one) for side, one in settings.items()})
+        # One unmeasured drain per side, then ANALYZE: both databases start the pairs with rows and statistics. On
+        # fresh tables the first drains' speed depends on when autoanalyze happens to run (a first drain of 5,000 at
+        # batch 1 went at 496 and 552 req/s on one side and 791 and 977 on the other, and at ~1,000 on both after).
+        for side, one in settings.items():
+            ingest_drain(trees[side], one, batch_size=DRAINS[0][0], count=DRAINS[0][1])
+            asyncio.run(pg_execute(one, "ANALYZE"))
+        for batch_size, count, target in DRAINS:
+            drain = functools.partial(ingest_drain, batch_size=batch_size, count=count)
+            results[target] = in_turn(pairs, lambda side, drain=drain: drain(trees[side], settings[side]))
+        return results
+    finally:
+        for tag in tags.values():
+            asyncio.run(ingest_bench.cleanup(infra, tag))
+
+
 def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, dict[str, Any]]:
     """Both APIs on one database and one cache (the schema is the same); no relay or audit runs meanwhile."""
     settings = items_bench.bench_settings(secrets.token_hex(3))
@@ -224,6 +297,38 @@ def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int, together:
 
 
 MIX_PORTS = {"A": 18193, "B": 18194}
+
+
+@contextmanager
+def cold_caches(settings: dict[str, Any]) -> Iterator[None]:
+    """Each side's cache emptied before a pair: both start every pair cold. Left to fill, the two caches drifted
+    apart (the hit ratio of each depends on its own history of random pages), and a pair's B / A ranged 0.42 to
+    1.94 over 80 pairs."""
+    for one in settings.values():
+        items_bench.clear_cache(one)
+    yield
+
+
+def measure_items_uncached(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
+    """The bench's random pages (mostly cache misses), each side's API on a database and cache of its own, so that
+    neither side's misses fill the other's cache; no relay or audit runs."""
+    settings = {side: items_bench.bench_settings(secrets.token_hex(3)) for side in MIX_PORTS}
+    try:
+        with contextlib.ExitStack() as stack:
+            for side, port in MIX_PORTS.items():
+                asyncio.run(items_bench.migrate(settings[side]))
+                env = items_bench.env_for(settings[side])
+                stack.enter_context(running(trees[side], ["orderly", "items", "api", "--port", str(port)], env, port))
+                asyncio.run(items_bench.seed(f"http://127.0.0.1:{port}"))
+            with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+                script.write(items_bench.UNCACHED_LUA)
+                script.flush()
+                lists = urls("/", MIX_PORTS)
+                how = {"pairs": pairs, "seconds": seconds, "together": together}
+                return paired(lists, script=script.name, alongside=lambda: cold_caches(settings), **how)  # type: ignore[arg-type]
+    finally:
+        for one in settings.values():
+            asyncio.run(items_bench.drop(one))
 
 
 @contextmanager
@@ -313,13 +418,14 @@ def measure_sums(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
     os.environ["SUMS_REQUESTS"] = str(10**9)  # the burst's duration ends it, not a count
     try:
         migrate_each(trees, "sums", envs)
-        with contextlib.ExitStack() as stack:
-            for side, port in SUMS_PORTS.items():
-                args = ["orderly", "sums", "api", "--port", str(port), "--mode", "batched"]
-                stack.enter_context(running(trees[side], args, envs[side], port))
-            script = str(Path(sums_bench.__file__).parent / "sums_wrk.lua")
-            return {
-                "sums": paired(
+        results: dict[str, dict[str, Any]] = {}
+        for mode, target in (("batched", "sums"), ("reference", "sums-reference")):
+            with contextlib.ExitStack() as stack:
+                for side, port in SUMS_PORTS.items():
+                    args = ["orderly", "sums", "api", "--port", str(port), "--mode", mode]
+                    stack.enter_context(running(trees[side], args, envs[side], port))
+                script = str(Path(sums_bench.__file__).parent / "sums_wrk.lua")
+                results[target] = paired(
                     urls("", SUMS_PORTS),
                     pairs=pairs,
                     seconds=seconds,
@@ -328,7 +434,7 @@ def measure_sums(trees: dict[str, Path], *, pairs: int, seconds: int, together: 
                     alongside=fresh_sums_keys,
                     accept_non_2xx=sums_busy_only,
                 )
-            }
+        return results
     finally:
         for env in envs.values():
             settings = InfraSettings()
@@ -408,18 +514,14 @@ def measure_loms_relay(trees: dict[str, Path], *, pairs: int, seconds: int, toge
         )
         for side in ("A", "B")
     }
-    rates: dict[str, list[float]] = {"A": [], "B": []}
     try:
         for one in settings.values():
             asyncio.run(loms_migrate(one.postgres))
             init_topics(one)
-        for index in range(min(pairs, 10)):
-            for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
-                rates[side].append(relay_drain(trees[side], settings[side]))
+        return in_turn(pairs, lambda side: relay_drain(trees[side], settings[side]))
     finally:
         for one in settings.values():
             asyncio.run(drop_postgres_database(base.postgres, one.postgres.database))
-    return {"A_req_per_s": rates["A"], "B_req_per_s": rates["B"], **pair_ratios(rates)}
 
 
 def render(
@@ -437,11 +539,15 @@ def render(
     names = {
         "hello": "hello-world, platform HTTP stack",
         "ingest": "ingest `GET /ingest`, 1 process",
+        "ingest-drain": "ingest worker draining 20,000 requests, batch 500 (req/s; in turn)",
+        "ingest-drain-1": "ingest worker draining 2,000 requests, batch 1 (req/s; in turn)",
         "items-cached": "items `GET /items/list`, cached page",
+        "items-uncached": "items `GET /items/list`, random pages (mostly misses), own cache per side",
         "items-writes": "items writes (20 % create, 80 % update)",
         "items-mix": "items 90/10 list/update mix, own relay and audit per side",
         "items-mix-probe": "the same mix with the change-log lag probe on each side",
         "sums": "sums `GET /sum`, batched, 1 instance",
+        "sums-reference": "sums `GET /sum`, reference (one transaction per request), 1 instance",
         "loms": "loms `POST /order/create`, 1 process (orders per API CPU-second)",
         "ingest-2": "ingest `GET /ingest`, 2 processes",
         "loms-relay": "loms relay draining 200,000 outbox events to Kafka (events/s; in turn)",
@@ -479,7 +585,8 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "orderly", "stack", "up"], check=True)
     base, a_tree = checkout(args.base)
     head, b_tree = checkout(args.head)
-    share_harness(b_tree, a_tree)
+    if a_tree != b_tree:  # the same revision on both sides (--head = --base) is the A/A control of the method
+        share_harness(b_tree, a_tree)
     trees = {"A": a_tree, "B": b_tree}
     how = {"pairs": args.pairs, "seconds": args.seconds, "together": not args.alternate}
     results: dict[str, dict[str, Any]] = {}
@@ -487,8 +594,12 @@ def main() -> int:
         results["hello"] = measure_hello(trees, **how)
     if "ingest" in targets:
         results |= measure_ingest(trees, **how)
+    if "ingest-drain" in targets:
+        results |= measure_ingest_drain(trees, **how)
     if "items" in targets:
         results |= measure_items(trees, **how)
+    if "items-uncached" in targets:
+        results["items-uncached"] = measure_items_uncached(trees, **how)
     if "items-mix" in targets:
         results |= measure_items_mix(trees, **how)
     if "sums" in targets:

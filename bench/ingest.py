@@ -132,34 +132,37 @@ def env_for(settings: InfraSettings, **extra: str) -> dict[str, str]:
     }
 
 
-async def prepare(base: InfraSettings) -> InfraSettings:
+async def prepare(base: InfraSettings, tag: str = TAG, *, migrate: bool = True) -> InfraSettings:
+    """A database and a vhost named ``tag``, made afresh, and migrated by this revision unless ``migrate`` is off
+    (`bench.ab_paired` has each side's own revision migrate its own)."""
     settings = base.model_copy(
         update={
-            "postgres": base.postgres.model_copy(update={"database": TAG}),
-            "rabbitmq": base.rabbitmq.model_copy(update={"vhost": TAG}),
+            "postgres": base.postgres.model_copy(update={"database": tag}),
+            "rabbitmq": base.rabbitmq.model_copy(update={"vhost": tag}),
         }
     )
-    await cleanup(base)  # a previous, interrupted run may have left the database and vhost behind
+    await cleanup(base, tag)  # a previous, interrupted run may have left the database and vhost behind
     r = base.rabbitmq
     async with httpx.AsyncClient(
         base_url=f"http://{r.host}:{r.management_port}/api", auth=(r.user, r.password.get_secret_value())
     ) as api:
-        (await api.put(f"/vhosts/{TAG}")).raise_for_status()
+        (await api.put(f"/vhosts/{tag}")).raise_for_status()
         grant = {"configure": ".*", "write": ".*", "read": ".*"}
-        (await api.put(f"/permissions/{TAG}/{r.user}", json=grant)).raise_for_status()
-    command = [sys.executable, "-m", "orderly", "ingest", "migrate"]
-    env = {**os.environ, **env_for(settings)}
-    await asyncio.to_thread(subprocess.run, command, env=env, check=True, capture_output=True)
+        (await api.put(f"/permissions/{tag}/{r.user}", json=grant)).raise_for_status()
+    if migrate:
+        command = [sys.executable, "-m", "orderly", "ingest", "migrate"]
+        env = {**os.environ, **env_for(settings)}
+        await asyncio.to_thread(subprocess.run, command, env=env, check=True, capture_output=True)
     return settings
 
 
-async def cleanup(base: InfraSettings) -> None:
-    await drop_postgres_database(base.postgres, TAG)
+async def cleanup(base: InfraSettings, tag: str = TAG) -> None:
+    await drop_postgres_database(base.postgres, tag)
     r = base.rabbitmq
     async with httpx.AsyncClient(
         base_url=f"http://{r.host}:{r.management_port}/api", auth=(r.user, r.password.get_secret_value())
     ) as api:
-        await api.delete(f"/vhosts/{TAG}")
+        await api.delete(f"/vhosts/{tag}")
 
 
 async def publish_backlog(settings: InfraSettings, queue: str, count: int, *, declare: dict[str, Any]) -> float:

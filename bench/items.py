@@ -303,6 +303,11 @@ async def drop(settings: ItemsSettings) -> None:
         pass
     finally:
         await nc.close()
+    clear_cache(settings)
+
+
+def clear_cache(settings: ItemsSettings) -> None:
+    """Delete every cache key of ``settings``' prefix (pages and generations): the next reads all miss."""
     r = redis.Redis.from_url(settings.redis.url())
     for key in r.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
         r.delete(key)
