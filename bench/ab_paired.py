@@ -75,7 +75,6 @@ from orderly.loms.settings import LomsSettings
 from orderly.platform.settings import InfraSettings
 
 PORTS = {"A": 18191, "B": 18192}
-TARGETS = ("hello", "ingest", "ingest-drain", "items", "items-uncached", "items-mix", "sums", "loms", "loms-relay")
 
 
 @contextmanager
@@ -199,7 +198,7 @@ def urls(path: str, ports: dict[str, int] = PORTS) -> dict[str, str]:
 
 def measure_hello(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
     with both(trees, ["bench.hello_app", "--port", "{port}"], {}):
-        return paired(urls("/hello"), pairs=pairs, seconds=seconds, together=together)
+        return {"hello": paired(urls("/hello"), pairs=pairs, seconds=seconds, together=together)}
 
 
 def measure_ingest(trees: dict[str, Path], *, pairs: int, seconds: int, together: bool) -> dict[str, Any]:
@@ -299,6 +298,20 @@ def measure_items(trees: dict[str, Path], *, pairs: int, seconds: int, together:
 MIX_PORTS = {"A": 18193, "B": 18194}
 
 
+def own_items_apis(
+    trees: dict[str, Path], settings: dict[str, Any], stack: contextlib.ExitStack, *also: list[str]
+) -> list[str]:
+    """Each side's items API (and ``also``, e.g. the relay) on its own ``settings``, migrated, kept running by
+    ``stack``; the APIs' base URLs."""
+    for side, port in MIX_PORTS.items():
+        asyncio.run(items_bench.migrate(settings[side]))
+        env = items_bench.env_for(settings[side])
+        stack.enter_context(running(trees[side], ["orderly", "items", "api", "--port", str(port)], env, port))
+        for command in also:
+            stack.enter_context(running(trees[side], ["orderly", "items", *command], env))
+    return [f"http://127.0.0.1:{port}" for port in MIX_PORTS.values()]
+
+
 @contextmanager
 def cold_caches(settings: dict[str, Any]) -> Iterator[None]:
     """Each side's cache emptied before a pair: both start every pair cold. Left to fill, the two caches drifted
@@ -315,17 +328,15 @@ def measure_items_uncached(trees: dict[str, Path], *, pairs: int, seconds: int, 
     settings = {side: items_bench.bench_settings(secrets.token_hex(3)) for side in MIX_PORTS}
     try:
         with contextlib.ExitStack() as stack:
-            for side, port in MIX_PORTS.items():
-                asyncio.run(items_bench.migrate(settings[side]))
-                env = items_bench.env_for(settings[side])
-                stack.enter_context(running(trees[side], ["orderly", "items", "api", "--port", str(port)], env, port))
-                asyncio.run(items_bench.seed(f"http://127.0.0.1:{port}"))
+            for base in own_items_apis(trees, settings, stack):
+                asyncio.run(items_bench.seed(base))
             with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
                 script.write(items_bench.UNCACHED_LUA)
                 script.flush()
                 lists = urls("/", MIX_PORTS)
                 how = {"pairs": pairs, "seconds": seconds, "together": together}
-                return paired(lists, script=script.name, alongside=lambda: cold_caches(settings), **how)  # type: ignore[arg-type]
+                cold = paired(lists, script=script.name, alongside=lambda: cold_caches(settings), **how)  # type: ignore[arg-type]
+                return {"items-uncached": cold}
     finally:
         for one in settings.values():
             asyncio.run(items_bench.drop(one))
@@ -356,13 +367,7 @@ def measure_items_mix(trees: dict[str, Path], *, pairs: int, seconds: int, toget
     settings = {side: items_bench.bench_settings(secrets.token_hex(3)) for side in MIX_PORTS}
     try:
         with contextlib.ExitStack() as stack:
-            for side, port in MIX_PORTS.items():
-                asyncio.run(items_bench.migrate(settings[side]))
-                env = items_bench.env_for(settings[side])
-                stack.enter_context(running(trees[side], ["orderly", "items", "api", "--port", str(port)], env, port))
-                stack.enter_context(running(trees[side], ["orderly", "items", "relay"], env))
-                stack.enter_context(running(trees[side], ["orderly", "items", "audit"], env))
-            bases = [f"http://127.0.0.1:{port}" for port in MIX_PORTS.values()]
+            bases = own_items_apis(trees, settings, stack, ["relay"], ["audit"])
             for base in bases:
                 asyncio.run(items_bench.seed(base))
             with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
@@ -518,10 +523,25 @@ def measure_loms_relay(trees: dict[str, Path], *, pairs: int, seconds: int, toge
         for one in settings.values():
             asyncio.run(loms_migrate(one.postgres))
             init_topics(one)
-        return in_turn(pairs, lambda side: relay_drain(trees[side], settings[side]))
+        return {"loms-relay": in_turn(pairs, lambda side: relay_drain(trees[side], settings[side]))}
     finally:
         for one in settings.values():
             asyncio.run(drop_postgres_database(base.postgres, one.postgres.database))
+
+
+MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
+    "hello": measure_hello,
+    "ingest": measure_ingest,
+    "ingest-drain": measure_ingest_drain,
+    "items": measure_items,
+    "items-uncached": measure_items_uncached,
+    "items-mix": measure_items_mix,
+    "sums": measure_sums,
+    "loms": measure_loms,
+    "loms-relay": measure_loms_relay,
+}
+"""Each target's measurement, in the order of a run; a measurement returns its figures by name."""
+TARGETS = tuple(MEASURES)
 
 
 def render(
@@ -590,24 +610,9 @@ def main() -> int:
     trees = {"A": a_tree, "B": b_tree}
     how = {"pairs": args.pairs, "seconds": args.seconds, "together": not args.alternate}
     results: dict[str, dict[str, Any]] = {}
-    if "hello" in targets:
-        results["hello"] = measure_hello(trees, **how)
-    if "ingest" in targets:
-        results |= measure_ingest(trees, **how)
-    if "ingest-drain" in targets:
-        results |= measure_ingest_drain(trees, **how)
-    if "items" in targets:
-        results |= measure_items(trees, **how)
-    if "items-uncached" in targets:
-        results["items-uncached"] = measure_items_uncached(trees, **how)
-    if "items-mix" in targets:
-        results |= measure_items_mix(trees, **how)
-    if "sums" in targets:
-        results |= measure_sums(trees, **how)
-    if "loms" in targets:
-        results |= measure_loms(trees, **how)
-    if "loms-relay" in targets:
-        results["loms-relay"] = measure_loms_relay(trees, **how)
+    for target, measure in MEASURES.items():
+        if target in targets:
+            results |= measure(trees, **how)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "head": head, **how, "results": results}
     (RESULTS / "ab_paired.json").write_text(json.dumps(record, indent=2) + "\n")
