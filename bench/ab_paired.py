@@ -222,21 +222,11 @@ DRAINS = ((500, 20_000, "ingest-drain"), (1, 2_000, "ingest-drain-1"))
 
 
 def ingest_drain(tree: Path, settings: InfraSettings, *, batch_size: int, count: int) -> float:
-    """Requests per second of one ``orderly ingest worker --burst`` from ``tree`` draining a fresh backlog of
-    ``count`` requests (first to last ``stored_at``, as `bench.ingest` reads it)."""
-    before, _ = asyncio.run(ingest_bench.max_ids(settings))
-    declare = ingest_bench.queue_declare()
-    asyncio.run(ingest_bench.publish_backlog(settings, ingest_bench.QUEUE, count, declare=declare))
-    python = str(tree / ".venv" / "bin" / "python")
-    args = [python, "-m", "orderly", "ingest", "worker", "--burst", "--batch-size", str(batch_size)]
-    env = {**os.environ, **ingest_bench.env_for(settings)}
-    done = subprocess.run(args, check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"the worker of {tree.name} exited {done.returncode}: {done.stderr[-2000:]}")
-    stored, span = asyncio.run(ingest_bench.stored_span(settings, before))
-    if stored != count:
-        raise RuntimeError(f"the worker of {tree.name} stored {stored} of {count}")
-    return stored / span
+    """Requests per second of `bench.ingest`'s drain, run by ``tree``'s worker; every request must be stored."""
+    drained = asyncio.run(ingest_bench.drain(settings, batch_size=batch_size, count=count, tree=tree))
+    if drained["stored"] != count:
+        raise RuntimeError(f"the worker of {tree.name} stored {drained['stored']} of {count}")
+    return float(drained["drain_req_per_s"])
 
 
 async def pg_execute(settings: InfraSettings, sql: str) -> None:

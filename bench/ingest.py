@@ -63,10 +63,14 @@ class Proc:
     env: dict[str, str]
     stdout_lines: list[tuple[float, str]] = field(default_factory=list)
     popen: subprocess.Popen[str] | None = None
+    tree_root: Path | None = None
+    """Another revision's worktree to run from, with its own environment (`bench.ab_paired`); None: this one."""
 
     def start(self, *, capture: bool = False) -> Proc:
+        python = str(self.tree_root / ".venv" / "bin" / "python") if self.tree_root else sys.executable
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "orderly", *self.args],
+            [python, "-m", "orderly", *self.args],
+            cwd=self.tree_root,
             env={**os.environ, **self.env},
             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -255,11 +259,14 @@ async def max_ids(settings: InfraSettings) -> tuple[int, int]:
         await conn.close()
 
 
-async def drain(settings: InfraSettings, *, batch_size: int, count: int) -> dict[str, Any]:
+async def drain(settings: InfraSettings, *, batch_size: int, count: int, tree: Path | None = None) -> dict[str, Any]:
+    """One ``orderly ingest worker --burst`` (from ``tree``'s revision, if given) draining a fresh backlog of
+    ``count`` requests; its rate is first to last ``stored_at``."""
     env = env_for(settings)
     before, _ = await max_ids(settings)
     await publish_backlog(settings, QUEUE, count, declare=queue_declare())
-    worker = Proc("worker", ["ingest", "worker", "--burst", "--batch-size", str(batch_size)], env).start()
+    args = ["ingest", "worker", "--burst", "--batch-size", str(batch_size)]
+    worker = Proc("worker", args, env, tree_root=tree).start()
     started = time.perf_counter()
     assert worker.popen is not None
     cpu, rss = 0.0, {}
@@ -268,6 +275,8 @@ async def drain(settings: InfraSettings, *, batch_size: int, count: int) -> dict
         rss = worker.peak_rss_mb() or rss
         await asyncio.sleep(0.2)
     wall = time.perf_counter() - started
+    if worker.popen.returncode != 0:
+        raise RuntimeError(f"the worker exited {worker.popen.returncode} draining {count} requests")
     stored, span = await stored_span(settings, before)
     return {
         "batch_size": batch_size,
